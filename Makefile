@@ -1,0 +1,39 @@
+# scar-net developer commands. `make test` and `make demo` work on a fresh clone.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The CPU wheel: a bare `torch` requirement would pull a multi-GB CUDA build. Installed BEFORE the
+# project so pip sees torch already satisfied.
+TORCH_SPEC ?= torch==2.13.0
+EXTRAS ?= train,export,dev
+
+.PHONY: install test test-fast lint demo bench bench-quick clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[$(EXTRAS)]"
+	touch $@
+
+test: install
+	$(PY) -m pytest -q
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow"
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+demo: install
+	$(PY) -m scar_runtime.demo
+
+bench: install
+	$(PY) -m benchmarks.run
+
+bench-quick: install
+	$(PY) -m benchmarks.run --quick
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info

@@ -1,0 +1,7 @@
+"""scar-net lean runtime: NIfTI I/O, preprocessing, labels, metrics, backends and the ``scar`` CLI.
+
+This package never imports torch, scar_train or scar_export: ``pip install scar-net`` is all a
+deployment needs.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,94 @@
+"""Safe output writing: temp file + rename, never over an input, never over a result unasked.
+
+A reader (or a killed process) sees either the old file or the complete new one, never half a
+file: the data goes to a hidden temp file in the destination folder and is moved into place with
+``os.replace``, which is atomic on one file system.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from scar_runtime.errors import OutputError
+
+
+def _suffix(path: Path) -> str:
+    # Keep the real extension on the temp file: nibabel picks gzip from ".nii.gz".
+    name = path.name
+    for ext in (".nii.gz", ".tar.gz"):
+        if name.endswith(ext):
+            return ext
+    return path.suffix
+
+
+def check_output_path(path: Path, *, force: bool, inputs: Iterable[Path] = ()) -> None:
+    """Refuse an output that is an input, or that exists without ``force``."""
+    path = Path(path)
+    for src in inputs:
+        src = Path(src)
+        if src.exists() and path.exists() and os.path.samefile(src, path):
+            raise OutputError(f"refusing to write over the input {src}")
+        if path.resolve() == src.resolve():
+            raise OutputError(f"refusing to write over the input {src}")
+    if path.exists() and not force:
+        raise OutputError(f"{path} already exists (use --force to replace it)")
+    if path.exists() and path.is_dir():
+        raise OutputError(f"{path} is a folder, expected a file path")
+
+
+def atomic_write(
+    path: Path | str,
+    write: Callable[[Path], None],
+    *,
+    force: bool = False,
+    inputs: Iterable[Path] = (),
+) -> Path:
+    """Call ``write(tmp_path)`` and move the result to ``path`` atomically.
+
+    ``write`` must create the file it is given. On any failure the temp file is removed and
+    ``path`` is untouched.
+    """
+    path = Path(path)
+    inputs = [Path(p) for p in inputs]
+    check_output_path(path, force=force, inputs=inputs)
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise OutputError(f"output folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputError(f"output folder {folder} is not writable")
+    try:
+        fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp"
+                                        + _suffix(path))
+    except OSError as e:
+        raise OutputError(f"cannot write in {folder}: {e.strerror}") from e
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        # Re-check right before the rename: another process may have created it meanwhile.
+        if path.exists() and not force:
+            raise OutputError(f"{path} already exists (use --force to replace it)")
+        os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise OutputError(f"cannot write {path}: {e.strerror or e}") from e
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    return path
+
+
+def atomic_write_bytes(path: Path | str, data: bytes, **kw) -> Path:
+    return atomic_write(path, lambda tmp: tmp.write_bytes(data), **kw)
+
+
+def atomic_write_text(path: Path | str, text: str, **kw) -> Path:
+    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"), **kw)

@@ -1,0 +1,156 @@
+"""The ``scar`` command line.
+
+Each command is a thin shell over a function in this package. ``scar train`` and ``scar export``
+live in the optional packages (``scar_train``, ``scar_export``) and are loaded by module name only
+when invoked, so ``scar --help`` stays fast and the lean runtime never imports torch.
+
+Errors: a ``ScarError`` (bad input, bad option) prints ONE line on stderr and exits 1; anything
+else is a bug in scar-net and says so in one line (``SCAR_DEBUG=1`` shows the traceback).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from pathlib import Path
+
+import typer
+
+from scar_runtime import __version__
+from scar_runtime.errors import ConfigError, ScarError
+
+app = typer.Typer(
+    name="scar",
+    help="SCAR-Net lumbar-spine MRI segmentation: train, export, infer, evaluate.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    rich_markup_mode=None,
+)
+
+# Commands provided by optional packages: name -> (module with a typer `app`, extra, help).
+PLUGIN_COMMANDS = {
+    "train": ("scar_train.cli", "train", "Train SCAR-Net on a data index (needs scar-net[train])."),
+    "export": ("scar_export.cli", "export",
+               "Export a checkpoint to ONNX / TensorRT (needs scar-net[export])."),
+}
+
+
+def _version(value: bool):
+    if value:
+        typer.echo(f"scar-net {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Show the version and exit.")):
+    pass
+
+
+@app.command("labels")
+def labels_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON.")):
+    """Print the label map: classes, VerSe ids, colours and key-point names."""
+    import json
+
+    from scar_runtime.labels import label_map_dict
+
+    d = label_map_dict()
+    if as_json:
+        typer.echo(json.dumps(d, indent=1))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title="scar-net label map")
+    for col in ("id", "name", "kind", "VerSe id", "colour"):
+        t.add_column(col)
+    for c in d["classes"]:
+        t.add_row(str(c["id"]), c["name"], c["kind"], str(c["verse_id"]),
+                  "#{:02x}{:02x}{:02x}".format(*c["color"]))
+    Console().print(t)
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    pred: Path = typer.Argument(..., help="Predicted label map (.nii/.nii.gz) or a folder."),
+    gt: Path = typer.Argument(..., help="Reference mask, or a folder matched to PRED by name."),
+    json_out: Path | None = typer.Option(None, "--json", help="Also write the scores as JSON."),
+    pred_labels: str = typer.Option("auto", help="Ids in PRED: auto, model or verse."),
+    gt_labels: str = typer.Option("auto", help="Ids in GT: auto, model or verse."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing --json file."),
+):
+    """Dice (3D and mid-sagittal 2D), HD95, centroid error and level identification."""
+    from scar_runtime.report import evaluate_and_report
+
+    for scheme in (pred_labels, gt_labels):
+        if scheme not in ("auto", "model", "verse"):
+            raise ConfigError(f"unknown label scheme {scheme!r} (valid: auto, model, verse)")
+    rc = evaluate_and_report(pred, gt, json_out=json_out, pred_labels=pred_labels,
+                             gt_labels=gt_labels, force=force)
+    raise typer.Exit(rc)
+
+
+def _add_plugin(name: str, module: str, extra: str, help_text: str) -> None:
+    @app.command(name, help=help_text, add_help_option=False,
+                 context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+    def _run(ctx: typer.Context):
+        try:
+            mod = importlib.import_module(module)
+        except ImportError as e:
+            raise ConfigError(f"`scar {name}` needs the optional dependencies: "
+                              f"pip install 'scar-net[{extra}]' ({e})") from e
+        rc = mod.app(args=list(ctx.args), prog_name=f"scar {name}", standalone_mode=False)
+        raise typer.Exit(rc if isinstance(rc, int) else 0)
+
+
+for _name, (_module, _extra, _help) in PLUGIN_COMMANDS.items():
+    _add_plugin(_name, _module, _extra, _help)
+
+
+def _one_line(msg: str) -> str:
+    return " ".join(str(msg).split())
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Run the CLI and return the exit code (used by ``main`` and by tests)."""
+    try:
+        rc = app(args=argv, prog_name="scar", standalone_mode=False)
+        return rc if isinstance(rc, int) else 0
+    except ScarError as e:
+        print(f"scar: error: {_one_line(e)}", file=sys.stderr)
+        return e.exit_code
+    except typer.Exit as e:
+        return e.exit_code
+    except typer.TyperException as e:  # usage errors: typer prints usage + the problem
+        show = getattr(e, "show", None)
+        if show:
+            show()
+        else:
+            print(f"scar: error: {_one_line(e)}", file=sys.stderr)
+        return e.exit_code
+    except typer.Abort:
+        print("scar: aborted", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("scar: interrupted", file=sys.stderr)
+        return 130
+    except MemoryError:
+        print("scar: error: out of memory (try a smaller --batch)", file=sys.stderr)
+        return 1
+    except Exception as e:  # noqa: BLE001 - the one place that turns bugs into one line
+        if os.environ.get("SCAR_DEBUG"):
+            raise
+        print(f"scar: internal error (a bug in scar-net, please report it): "
+              f"{type(e).__name__}: {_one_line(e)} (SCAR_DEBUG=1 shows the traceback)",
+              file=sys.stderr)
+        return 70
+
+
+def main() -> None:
+    sys.exit(run())
+
+
+if __name__ == "__main__":
+    main()

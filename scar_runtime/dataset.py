@@ -1,0 +1,177 @@
+"""Reader for data index files (the ../shared/data ``index.json`` format).
+
+An index is a JSON list of cases; paths are relative to the index file's folder. Each case says
+what it labels, and that matters: public spine sets label only SOME structures (vertebrae only,
+discs only, or key-points only), and a structure a set does not label is unknown, not background.
+``Case.labelled_classes`` and ``Case.labelled_keypoints`` carry that to the training loss and the
+evaluation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from scar_runtime import labels as L
+from scar_runtime.errors import DataIndexError
+from scar_runtime.io import Volume, check_same_grid, load_volume
+
+SUPERVISION_KINDS = ("vertebrae", "discs", "keypoints")
+
+
+@dataclass(frozen=True)
+class Case:
+    dataset: str
+    case: str
+    split: str
+    image: Path
+    seg: Path | None
+    keypoints: Path | None
+    meta: Path | None
+    levels: tuple[str, ...]
+    subject: str  # cases of one subject never straddle train/val or two folds
+    supervision: str  # "vertebrae" | "discs" | "keypoints"
+
+    @property
+    def id(self) -> str:
+        return f"{self.dataset}/{self.case}"
+
+    @property
+    def labelled_classes(self) -> frozenset[int]:
+        """Model classes this case's mask labels; every other foreground class is unknown.
+
+        A vertebra set labels all lumbar vertebral bodies in its field of view (and leaves discs
+        unknown); a disc set the reverse; a key-point set labels no class at all.
+        """
+        if self.supervision == "vertebrae":
+            return frozenset(L.VERTEBRA_IDS)
+        if self.supervision == "discs":
+            return frozenset(L.DISC_IDS)
+        return frozenset()
+
+    @property
+    def labelled_keypoints(self) -> frozenset[int]:
+        """Key-point indices this case gives a target for (present levels of labelled kinds)."""
+        ids = {L.level_to_model_id(lv) for lv in self.levels}
+        if self.supervision == "keypoints":
+            # key-point files give vertebral-body centres only (see the index's kp files)
+            ids = {i for i in ids if i in L.VERTEBRA_IDS}
+        else:
+            ids = {i for i in ids if i in self.labelled_classes}
+        return frozenset(L.keypoint_index(i) for i in ids if i is not None)
+
+    def load_image(self) -> Volume:
+        return load_volume(self.image)
+
+    def load_seg(self, image: Volume | None = None) -> Volume:
+        """The mask in the working layout with MODEL class ids (VerSe ids mapped)."""
+        if self.seg is None:
+            raise DataIndexError(f"{self.id} has no segmentation")
+        seg = load_volume(self.seg, as_labels=True)
+        if image is not None:
+            check_same_grid(image, seg)
+        seg.data = L.verse_to_model(seg.data)
+        return seg
+
+    def load_keypoints(self) -> dict[int, np.ndarray]:
+        """Key-point index -> world position (mm) for the key-points this case labels."""
+        if self.keypoints is None:
+            if self.meta is None:
+                return {}
+            points = json.loads(self.meta.read_text()).get("keypoints_centroid", {})
+        else:
+            points = json.loads(self.keypoints.read_text()).get("keypoints", {})
+        out = {}
+        for level, p in points.items():
+            mid = L.level_to_model_id(level)
+            if mid is None or L.keypoint_index(mid) not in self.labelled_keypoints:
+                continue
+            out[L.keypoint_index(mid)] = np.asarray(p["world_mm"], dtype=np.float64)
+        return out
+
+
+def _supervision(entry: dict) -> str:
+    if entry.get("seg"):
+        kinds = {L.BY_NAME[lv].kind for lv in entry.get("levels", []) if lv in L.BY_NAME}
+        if kinds == {"disc"}:
+            return "discs"
+        if kinds == {"vertebra"}:
+            return "vertebrae"
+        if not kinds:
+            raise DataIndexError(f"case {entry.get('case')}: a mask without lumbar levels")
+        raise DataIndexError(
+            f"case {entry.get('case')}: masks with both vertebrae and discs are not supported yet")
+    if entry.get("keypoints"):
+        return "keypoints"
+    raise DataIndexError(f"case {entry.get('case')}: neither 'seg' nor 'keypoints' is given")
+
+
+def read_index(path: Path | str, *, check_files: bool = True) -> list[Case]:
+    """Parse an index file; paths are resolved against its folder and checked to exist."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataIndexError(f"{path}: no such data index file")
+    try:
+        entries = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataIndexError(f"{path}: not valid JSON ({e})") from e
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise DataIndexError(f"{path}: expected a JSON list of case objects")
+    root = path.parent
+    groups = {e["subject_group"] for e in entries if e.get("subject_group")}
+    cases, seen = [], set()
+    for i, e in enumerate(entries):
+        for key in ("dataset", "case", "image"):
+            if key not in e:
+                raise DataIndexError(f"{path}: case #{i} lacks '{key}'")
+        cid = f"{e['dataset']}/{e['case']}"
+        if cid in seen:
+            raise DataIndexError(f"{path}: case {cid} is listed twice")
+        seen.add(cid)
+        files = {k: (root / e[k]) if e.get(k) else None
+                 for k in ("image", "seg", "keypoints", "meta")}
+        if check_files:
+            for k, f in files.items():
+                if f is not None and not f.is_file():
+                    raise DataIndexError(f"{path}: case {cid}: {k} file {f} not found")
+        split = e.get("split", "train")
+        if split not in ("train", "val", "test"):
+            raise DataIndexError(f"{path}: case {cid}: unknown split '{split}'")
+        cases.append(Case(dataset=e["dataset"], case=str(e["case"]), split=split,
+                          image=files["image"], seg=files["seg"], keypoints=files["keypoints"],
+                          meta=files["meta"], levels=tuple(e.get("levels", ())),
+                          subject=_subject(e, groups), supervision=_supervision(e)))
+    return cases
+
+
+def _subject(entry: dict, groups: set[str]) -> str:
+    """Subject id for subject-wise splits.
+
+    Explicit ``subject``/``subject_group`` wins. A case named after an exam of a known subject
+    group (``AKa3`` in group ``AKa``: the same person in another set) joins that group, so one
+    person never lands in both train and val folds.
+    """
+    for key in ("subject", "subject_group"):
+        if entry.get(key):
+            return str(entry[key])
+    case = str(entry["case"])
+    if case in groups:
+        return case
+    m = re.fullmatch(r"([A-Za-z]+)\d*", case)
+    if m and m.group(1) in groups:
+        return m.group(1)
+    return f"{entry['dataset']}:{entry['case']}"
+
+
+def index_hash(path: Path | str) -> str:
+    """SHA-256 of the index file's bytes (recorded in checkpoints and exported models)."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def split_cases(cases: list[Case], split: str) -> list[Case]:
+    return [c for c in cases if c.split == split]

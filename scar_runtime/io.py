@@ -1,0 +1,290 @@
+"""Reading NIfTI volumes safely and bringing them to one working layout.
+
+Working layout (documented in docs/conventions.md): array axes ``("I", "P", "L")`` in nibabel's
+axis codes: axis 0 runs superior->inferior (image rows, head at the top), axis 1 anterior->posterior
+(image columns), axis 2 is the sagittal slice axis (right->left). ``vol.data[:, :, k]`` is one
+sagittal slice as a radiologist views it. Any input orientation is reached by axis permutations and
+flips only (no interpolation), so going back to the input grid is exact.
+
+Everything is validated from the header BEFORE the voxel data is read, so a header claiming a
+gigantic volume is refused without allocating it.
+"""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from nibabel import orientations as ornt_mod
+
+from scar_runtime.atomic import atomic_write
+from scar_runtime.errors import GeometryMismatchError, InputFileError, InvalidImageError
+
+WORKING_AXCODES = ("I", "P", "L")
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+
+# Refuse before reading: 2**29 voxels is 2 GiB as float32, far above any lumbar MRI (512x512x200 is
+# 5e7) yet small enough that a malicious or broken header cannot exhaust memory.
+MAX_VOXELS = 2**29
+MAX_AXIS = 4096
+MIN_INPLANE = 8  # smaller than this in-plane is not an image we can segment
+
+
+def is_nifti_path(path: Path | str) -> bool:
+    return str(path).lower().endswith(NIFTI_SUFFIXES)
+
+
+def nifti_stem(path: Path | str) -> str:
+    """File name without .nii / .nii.gz."""
+    name = Path(path).name
+    for ext in (".nii.gz", ".nii"):
+        if name.lower().endswith(ext):
+            return name[: -len(ext)]
+    return Path(path).stem
+
+
+@dataclass
+class SourceGeometry:
+    """What is needed to write a result back in the input's exact geometry."""
+
+    shape: tuple[int, ...]  # the file's shape (4D with a singleton 4th axis is kept as such)
+    affine: np.ndarray
+    header: nib.Nifti1Header
+    to_working: np.ndarray  # nibabel orientation transform: source axes -> working axes
+
+    @property
+    def shape3d(self) -> tuple[int, int, int]:
+        return tuple(self.shape[:3])  # type: ignore[return-value]
+
+    def from_working(self, array: np.ndarray) -> np.ndarray:
+        """Bring an array in the working layout back to the source layout (exact)."""
+        back = ornt_mod.ornt_transform(ornt_mod.axcodes2ornt(WORKING_AXCODES),
+                                       ornt_mod.io_orientation(self.affine))
+        out = ornt_mod.apply_orientation(array, back)
+        if out.shape != self.shape3d:
+            raise GeometryMismatchError(
+                f"array of shape {array.shape} does not match the working grid of {self.shape3d}")
+        return np.ascontiguousarray(out).reshape(self.shape)
+
+
+@dataclass
+class Volume:
+    """A 3D image in the working layout, plus its way back to the source file."""
+
+    data: np.ndarray  # working layout
+    affine: np.ndarray  # working voxel -> world (mm)
+    source: SourceGeometry
+    path: Path | None = None
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.data.shape)  # type: ignore[return-value]
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        """Voxel size in mm along the working axes."""
+        return tuple(float(z) for z in np.sqrt((self.affine[:3, :3] ** 2).sum(axis=0)))
+
+    @property
+    def inplane_spacing(self) -> tuple[float, float]:
+        s = self.spacing
+        return (s[0], s[1])
+
+    @property
+    def name(self) -> str:
+        return nifti_stem(self.path) if self.path else "volume"
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _open_header(path: Path) -> nib.Nifti1Image:
+    if not path.exists():
+        raise InputFileError(f"{path}: no such file")
+    if path.is_dir():
+        raise InputFileError(f"{path}: is a folder, expected a .nii or .nii.gz file")
+    if not is_nifti_path(path):
+        raise InputFileError(f"{path}: not a NIfTI file (expected .nii or .nii.gz)")
+    if path.stat().st_size == 0:
+        raise InputFileError(f"{path}: empty file")
+    if path.name.lower().endswith(".gz"):
+        with open(path, "rb") as f:
+            if f.read(2) != b"\x1f\x8b":
+                raise InputFileError(f"{path}: not a gzip file, although named .gz")
+    try:
+        img = nib.load(str(path))
+    except (gzip.BadGzipFile, zlib.error) as e:
+        raise InputFileError(f"{path}: not a valid gzip file ({e})") from e
+    except EOFError as e:
+        raise InputFileError(f"{path}: truncated file (ended inside the header)") from e
+    except nib.filebasedimages.ImageFileError as e:
+        raise InputFileError(f"{path}: not a readable NIfTI file") from e
+    except (OSError, ValueError) as e:
+        raise InputFileError(f"{path}: cannot read the NIfTI header ({e})") from e
+    if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
+        raise InputFileError(f"{path}: not a NIfTI-1/2 image ({type(img).__name__})")
+    return img
+
+
+def _check_header(img: nib.Nifti1Image, path: Path) -> tuple[int, int, int]:
+    shape = tuple(int(s) for s in img.shape)
+    if len(shape) < 3:
+        raise InvalidImageError(f"{path}: {len(shape)}D image {shape}, expected a 3D volume")
+    if len(shape) == 4 and shape[3] != 1:
+        raise InvalidImageError(
+            f"{path}: 4D image {shape} (a time series or multi-channel), expected one 3D volume")
+    if len(shape) > 4:
+        raise InvalidImageError(f"{path}: {len(shape)}D image {shape}, expected a 3D volume")
+    shape3 = shape[:3]
+    if min(shape3) < 1:
+        raise InvalidImageError(f"{path}: empty volume {shape3}")
+    n = int(np.prod(shape3, dtype=np.int64))
+    if n > MAX_VOXELS or max(shape3) > MAX_AXIS:
+        raise InvalidImageError(
+            f"{path}: header claims an implausibly large volume {shape3} ({n:,} voxels)")
+    dtype = img.header.get_data_dtype()
+    if dtype.fields is not None or dtype.kind not in "biuf":
+        raise InvalidImageError(f"{path}: unsupported voxel type {dtype} (expected real numbers)")
+    affine = img.affine
+    if affine is None or not np.all(np.isfinite(affine)):
+        raise InvalidImageError(f"{path}: affine contains NaN or infinity")
+    zooms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+    if np.any(zooms < 1e-6) or abs(np.linalg.det(affine[:3, :3])) < 1e-9 * np.prod(zooms + 1e-12):
+        raise InvalidImageError(f"{path}: singular affine (zero spacing or collapsed axes)")
+    hdr_zooms = img.header.get_zooms()[:3]
+    if any(not np.isfinite(z) or z <= 0 for z in hdr_zooms):
+        raise InvalidImageError(f"{path}: voxel spacing {tuple(hdr_zooms)} is zero or invalid")
+    return shape3  # type: ignore[return-value]
+
+
+def _read_data(img: nib.Nifti1Image, path: Path, as_labels: bool) -> np.ndarray:
+    try:
+        # labels keep their integer type; images are read as float32 with the header scaling
+        data = np.asanyarray(img.dataobj) if as_labels else img.get_fdata(dtype=np.float32)
+    except (EOFError, zlib.error, gzip.BadGzipFile) as e:
+        raise InputFileError(f"{path}: truncated or corrupt voxel data ({e})") from e
+    except (OSError, ValueError) as e:
+        raise InputFileError(f"{path}: cannot read voxel data ({e})") from e
+    if data.ndim == 4:
+        data = data[..., 0]
+    return data
+
+
+def load_nifti(path: Path | str, *, as_labels: bool = False) -> tuple[np.ndarray, nib.Nifti1Image]:
+    """Read and validate a 3D NIfTI; returns (data in file layout, image)."""
+    path = Path(path)
+    img = _open_header(path)
+    shape3 = _check_header(img, path)
+    data = _read_data(img, path, as_labels)
+    if as_labels:
+        data = _as_label_array(data, path)
+    else:
+        if not np.all(np.isfinite(data)):
+            bad = int((~np.isfinite(data)).sum())
+            raise InvalidImageError(f"{path}: {bad:,} voxels are NaN or infinite")
+        if min(shape3[:3]) < 2 and sorted(shape3)[1] < MIN_INPLANE:
+            raise InvalidImageError(f"{path}: volume {shape3} is too small to segment")
+        if float(data.max()) == float(data.min()):
+            raise InvalidImageError(f"{path}: constant image (every voxel is {data.flat[0]:g})")
+    return data, img
+
+
+def _as_label_array(data: np.ndarray, path: Path) -> np.ndarray:
+    if data.dtype.kind == "f":
+        if not np.all(np.isfinite(data)):
+            raise InvalidImageError(f"{path}: label image contains NaN or infinity")
+        rounded = np.rint(data)
+        if not np.array_equal(rounded, data):
+            raise InvalidImageError(f"{path}: label image has non-integer values")
+        data = rounded
+    if data.size and data.min() < 0:
+        raise InvalidImageError(f"{path}: label image has negative values")
+    if data.size and data.max() > 65535:
+        raise InvalidImageError(f"{path}: label values above 65535")
+    return data.astype(np.uint16 if data.max(initial=0) > 255 else np.uint8)
+
+
+def to_working(data: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Reorient a 3D array to the working layout: returns (array, working affine, transform)."""
+    xform = ornt_mod.ornt_transform(ornt_mod.io_orientation(affine),
+                                    ornt_mod.axcodes2ornt(WORKING_AXCODES))
+    out = np.ascontiguousarray(ornt_mod.apply_orientation(data, xform))
+    new_affine = affine @ ornt_mod.inv_ornt_aff(xform, data.shape[:3])
+    return out, new_affine, xform
+
+
+def load_volume(path: Path | str, *, as_labels: bool = False) -> Volume:
+    """Load a NIfTI file (any orientation) into the working layout, fully validated."""
+    path = Path(path)
+    data, img = load_nifti(path, as_labels=as_labels)
+    work, work_affine, xform = to_working(data, img.affine)
+    header = img.header.copy()
+    source = SourceGeometry(shape=tuple(int(s) for s in img.shape), affine=img.affine.copy(),
+                            header=header, to_working=xform)
+    return Volume(data=work, affine=work_affine, source=source, path=path)
+
+
+def volume_from_image(img: nib.Nifti1Image, *, name: str = "volume") -> Volume:
+    """Same as :func:`load_volume` for an in-memory nibabel image (the Python API)."""
+    if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
+        raise InvalidImageError(f"expected a nibabel NIfTI image, got {type(img).__name__}")
+    where = Path(name)
+    _check_header(img, where)
+    data = _read_data(img, where, as_labels=False)
+    if not np.all(np.isfinite(data)):
+        raise InvalidImageError(f"{name}: NaN or infinite voxels")
+    if float(data.max()) == float(data.min()):
+        raise InvalidImageError(f"{name}: constant image")
+    work, work_affine, xform = to_working(data, img.affine)
+    source = SourceGeometry(shape=tuple(int(s) for s in img.shape), affine=img.affine.copy(),
+                            header=img.header.copy(), to_working=xform)
+    return Volume(data=work, affine=work_affine, source=source, path=None, meta={"name": name})
+
+
+def check_same_grid(a: Volume, b: Volume, *, atol: float = 1e-3) -> None:
+    """Refuse two volumes on different voxel grids (shape or world position)."""
+    an, bn = a.path or "first image", b.path or "second image"
+    if a.source.shape3d != b.source.shape3d:
+        raise GeometryMismatchError(
+            f"{an} has shape {a.source.shape3d} but {bn} has {b.source.shape3d}")
+    if not np.allclose(a.source.affine, b.source.affine, atol=atol):
+        raise GeometryMismatchError(f"{an} and {bn} have different affines (not the same grid)")
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def labels_to_image(labels_working: np.ndarray, source: SourceGeometry) -> nib.Nifti1Image:
+    """A uint8 label image in the source's exact geometry (shape, affine, qform/sform + codes)."""
+    if labels_working.max(initial=0) > 255:
+        raise ValueError("label values above 255 do not fit uint8")
+    data = source.from_working(np.asarray(labels_working).astype(np.uint8, copy=False))
+    hdr = source.header.copy()
+    hdr.set_data_dtype(np.uint8)
+    img = nib.Nifti1Image(data, source.affine, header=hdr) if isinstance(
+        hdr, nib.Nifti1Header) else nib.Nifti2Image(data, source.affine, header=hdr)
+    # nibabel rewrites qform/sform from `affine`; put back the input's exact matrices and codes.
+    qform, qcode = source.header.get_qform(coded=True)
+    sform, scode = source.header.get_sform(coded=True)
+    img.set_qform(qform if qform is not None else source.header.get_qform(), code=int(qcode or 0))
+    img.set_sform(sform if sform is not None else source.affine, code=int(scode or 0))
+    img.header.set_slope_inter(1.0, 0.0)
+    img.header["cal_min"], img.header["cal_max"] = 0, int(data.max(initial=0))
+    img.header["descrip"] = b"scar-net segmentation"
+    return img
+
+
+def save_nifti(img: nib.Nifti1Image, path: Path | str, *, force: bool = False,
+               inputs: tuple[Path, ...] = ()) -> Path:
+    """Write a NIfTI atomically (temp file + rename)."""
+    return atomic_write(path, lambda tmp: nib.save(img, str(tmp)), force=force, inputs=inputs)
+
+
+def save_labels(labels_working: np.ndarray, source: SourceGeometry, path: Path | str, *,
+                force: bool = False, inputs: tuple[Path, ...] = ()) -> Path:
+    return save_nifti(labels_to_image(labels_working, source), path, force=force, inputs=inputs)

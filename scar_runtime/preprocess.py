@@ -1,0 +1,192 @@
+"""Slice preprocessing shared by training and inference (numpy/scipy only).
+
+One volume in the working layout (see ``io.py``) becomes a stack of sagittal slices on a fixed
+in-plane grid: intensities normalised per volume (percentile clip + z-score), each slice resampled
+in-plane to ``spacing_mm``, then padded/cropped to a network-friendly size. ``SliceGrid`` records
+the exact mapping so a label map can be brought back to the input grid (nearest neighbour), and
+training and the runtime cannot drift apart: both call these functions with the same config, which
+an exported model carries in its metadata.
+
+Coordinate convention (area-aligned, like scipy's ``grid_mode=True``): output pixel ``j`` covers
+input coordinates centred on ``(j + 0.5) * scale - 0.5`` with ``scale = spacing_mm / in_spacing``.
+The scale is exact (not re-derived from rounded shapes), so physical spacing is exactly
+``spacing_mm`` and the inverse is the same affine map turned around.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from scar_runtime.errors import InvalidImageError
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    spacing_mm: float = 1.0  # in-plane spacing the network sees
+    size_multiple: int = 16  # network input H/W must be a multiple of this (output stride)
+    fixed_size: tuple[int, int] | None = None  # pad/crop to exactly this, else pad to multiple
+    max_size: int = 512  # larger (after resampling) is centre-cropped to bound memory and time
+    clip_percentiles: tuple[float, float] = (0.5, 99.5)
+
+    def __post_init__(self):
+        if self.spacing_mm <= 0:
+            raise ValueError("spacing_mm must be > 0")
+        lo, hi = self.clip_percentiles
+        if not 0 <= lo < hi <= 100:
+            raise ValueError("clip_percentiles must satisfy 0 <= lo < hi <= 100")
+        if self.max_size % self.size_multiple:
+            raise ValueError("max_size must be a multiple of size_multiple")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["clip_percentiles"] = list(self.clip_percentiles)
+        d["fixed_size"] = list(self.fixed_size) if self.fixed_size else None
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> PreprocessConfig:
+        d = dict(d)
+        d["clip_percentiles"] = tuple(d["clip_percentiles"])
+        if d.get("fixed_size"):
+            d["fixed_size"] = tuple(d["fixed_size"])
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class SliceGrid:
+    """Exact mapping between an input slice grid and the network grid."""
+
+    in_shape: tuple[int, int]  # working-layout (rows, cols) of the input slices
+    in_spacing: tuple[float, float]
+    spacing_mm: float
+    resampled_shape: tuple[int, int]
+    offset: tuple[int, int]  # network pixel = resampled pixel + offset (negative: cropped)
+    out_shape: tuple[int, int]
+
+    @property
+    def scale(self) -> tuple[float, float]:
+        """Input pixels per network pixel along rows and cols."""
+        return (self.spacing_mm / self.in_spacing[0], self.spacing_mm / self.in_spacing[1])
+
+    def to_network(self, rc: np.ndarray) -> np.ndarray:
+        """Input slice (row, col) coordinates -> network pixel coordinates (works on (..., 2))."""
+        rc = np.asarray(rc, dtype=np.float64)
+        s = np.array(self.scale)
+        return (rc + 0.5) / s - 0.5 + np.array(self.offset)
+
+    def to_input(self, rc: np.ndarray) -> np.ndarray:
+        """Network pixel coordinates -> input slice (row, col) coordinates."""
+        rc = np.asarray(rc, dtype=np.float64)
+        s = np.array(self.scale)
+        return (rc - np.array(self.offset) + 0.5) * s - 0.5
+
+
+def _round_up(n: int, m: int) -> int:
+    return -(-n // m) * m
+
+
+def plan_grid(in_shape: tuple[int, int], in_spacing: tuple[float, float],
+              cfg: PreprocessConfig) -> SliceGrid:
+    """Decide the resampled size and the centred pad/crop for slices of one volume."""
+    if min(in_spacing) <= 0:
+        raise InvalidImageError(f"in-plane spacing {in_spacing} must be > 0")
+    res = tuple(max(1, int(round(n * s / cfg.spacing_mm)))
+                for n, s in zip(in_shape, in_spacing, strict=True))
+    if cfg.fixed_size is not None:
+        out = tuple(cfg.fixed_size)
+    else:
+        out = tuple(min(_round_up(n, cfg.size_multiple), cfg.max_size) for n in res)
+    # Centred: pad (or crop) half before, half after; the floor keeps it deterministic.
+    offset = tuple((o - r) // 2 for o, r in zip(out, res, strict=True))
+    return SliceGrid(in_shape=tuple(in_shape), in_spacing=tuple(float(s) for s in in_spacing),
+                     spacing_mm=cfg.spacing_mm, resampled_shape=res, offset=offset,
+                     out_shape=out)  # type: ignore[arg-type]
+
+
+def intensity_stats(volume: np.ndarray, cfg: PreprocessConfig) -> tuple[float, float, float, float]:
+    """(clip_lo, clip_hi, mean, std) of a volume, robust to outliers."""
+    flat = volume.ravel()
+    if flat.size > 4_000_000:  # a regular subsample keeps percentiles exact enough and fast
+        flat = flat[:: flat.size // 2_000_000]
+    lo, hi = np.percentile(flat, cfg.clip_percentiles)
+    clipped = np.clip(flat, lo, hi).astype(np.float64)
+    mean, std = float(clipped.mean()), float(clipped.std())
+    if not hi > lo or std < 1e-8:
+        raise InvalidImageError("image has no contrast after percentile clipping (constant?)")
+    return float(lo), float(hi), mean, std
+
+
+def normalise(volume: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
+    """Percentile clip + z-score over the whole volume (per volume, so slices stay comparable)."""
+    lo, hi, mean, std = intensity_stats(volume, cfg)
+    out = np.clip(volume, lo, hi).astype(np.float32)
+    out -= np.float32(mean)
+    out /= np.float32(std)
+    return out
+
+
+def _resample(array: np.ndarray, scale: tuple[float, float], shape: tuple[int, int],
+              order: int) -> np.ndarray:
+    """Resample (rows, cols, ...) in-plane: output pixel j samples input (j + 0.5) * s - 0.5."""
+    sy, sx = scale
+    if (sy, sx) == (1.0, 1.0) and tuple(array.shape[:2]) == tuple(shape):
+        return array
+    extra = array.ndim - 2
+    matrix = np.array([sy, sx] + [1.0] * extra)
+    offset = np.array([0.5 * sy - 0.5, 0.5 * sx - 0.5] + [0.0] * extra)
+    # 'nearest' extends the edge pixels, so the border is not blended with a padding value.
+    return ndimage.affine_transform(array, matrix, offset=offset,
+                                    output_shape=tuple(shape) + tuple(array.shape[2:]),
+                                    order=order, mode="nearest", prefilter=False)
+
+
+def _shift_copy(src: np.ndarray, offset: tuple[int, int], shape: tuple[int, int],
+                fill: float) -> np.ndarray:
+    """Place ``src`` at ``offset`` in a new array of ``shape`` (pads and/or crops)."""
+    out = np.full(tuple(shape) + src.shape[2:], fill, dtype=src.dtype)
+    oy, ox = offset
+    r0, c0 = max(0, oy), max(0, ox)
+    i0, j0 = max(0, -oy), max(0, -ox)
+    h = min(src.shape[0] - i0, shape[0] - r0)
+    w = min(src.shape[1] - j0, shape[1] - c0)
+    if h > 0 and w > 0:
+        out[r0:r0 + h, c0:c0 + w] = src[i0:i0 + h, j0:j0 + w]
+    return out
+
+
+def image_to_slices(volume: np.ndarray, in_spacing: tuple[float, float],
+                    cfg: PreprocessConfig) -> tuple[np.ndarray, SliceGrid]:
+    """Working-layout volume (rows, cols, slices) -> float32 network input (slices, 1, H, W)."""
+    if volume.ndim != 3:
+        raise InvalidImageError(f"expected a 3D volume, got shape {volume.shape}")
+    grid = plan_grid(volume.shape[:2], in_spacing, cfg)
+    norm = normalise(volume, cfg)
+    res = _resample(norm, grid.scale, grid.resampled_shape, order=1)
+    # Pad with the darkest normalised value (what air looks like after clipping), not 0, which
+    # after z-scoring is mid-grey tissue.
+    stack = _shift_copy(res, grid.offset, grid.out_shape, float(norm.min()))
+    return np.ascontiguousarray(np.moveaxis(stack, 2, 0)[:, None]), grid
+
+
+def labels_to_slices(labels: np.ndarray, grid: SliceGrid) -> np.ndarray:
+    """Working-layout label volume -> (slices, H, W) on the network grid (nearest neighbour)."""
+    res = _resample(labels, grid.scale, grid.resampled_shape, order=0)
+    stack = _shift_copy(res, grid.offset, grid.out_shape, 0)
+    return np.ascontiguousarray(np.moveaxis(stack, 2, 0))
+
+
+def slices_to_labels(slices: np.ndarray, grid: SliceGrid) -> np.ndarray:
+    """(slices, H, W) labels on the network grid -> working-layout volume on the input grid.
+
+    The exact inverse of :func:`labels_to_slices`' geometry, nearest neighbour; input pixels that
+    were cropped away come back as background (0).
+    """
+    stack = np.moveaxis(np.asarray(slices), 0, 2)
+    if tuple(stack.shape[:2]) != tuple(grid.out_shape):
+        raise ValueError(f"slices of {stack.shape[:2]} do not match the grid {grid.out_shape}")
+    res = _shift_copy(stack, (-grid.offset[0], -grid.offset[1]), grid.resampled_shape, 0)
+    inv_scale = (1.0 / grid.scale[0], 1.0 / grid.scale[1])
+    return np.ascontiguousarray(_resample(res, inv_scale, grid.in_shape, order=0))

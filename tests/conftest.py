@@ -1,0 +1,97 @@
+"""Shared test fixtures: real data paths and a catalogue of broken inputs."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TEST_DATA = REPO / "tests" / "data"
+# The larger public sets live beside the repository (../shared/data); a user's clone has none.
+SHARED_DATA = Path(os.environ.get("SCAR_SHARED_DATA", REPO.parent / "shared" / "data"))
+SHARED_INDEX = SHARED_DATA / "index.json"
+
+CHU_IMG = TEST_DATA / "fcs_vb2_chu_06_2mm_img.nii.gz"
+CHU_SEG = TEST_DATA / "fcs_vb2_chu_06_2mm_seg.nii.gz"
+IVD_IMG = TEST_DATA / "fcs_ivd_menezes_25_2mm_img.nii.gz"
+IVD_SEG = TEST_DATA / "fcs_ivd_menezes_25_2mm_seg.nii.gz"
+CERVICAL_IMG = TEST_DATA / "cervical_tptbox" / "sub-mri_label-6_T2w.nii.gz"
+CERVICAL_SEG = TEST_DATA / "cervical_tptbox" / "sub-mri_seg-vert_label-6_msk.nii.gz"
+
+needs_shared = pytest.mark.skipif(
+    not SHARED_INDEX.is_file(),
+    reason=f"the public data sets are not at {SHARED_DATA} (set SCAR_SHARED_DATA)")
+
+
+def run_scar(*args: str, timeout: float = 300, env: dict | None = None):
+    """Run the real `scar` CLI in a subprocess (as a user would)."""
+    return subprocess.run([sys.executable, "-m", "scar_runtime.cli", *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout, cwd=REPO,
+                          env={**os.environ, **(env or {})})
+
+
+def assert_one_line_error(proc, *needles: str):
+    assert proc.returncode != 0, proc.stdout + proc.stderr
+    err = proc.stderr.strip()
+    assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout
+    assert len(err.splitlines()) == 1, f"expected one line on stderr, got:\n{err}"
+    for n in needles:
+        assert n.lower() in err.lower(), f"{n!r} not in {err!r}"
+
+
+def _save(img, path: Path) -> Path:
+    nib.save(img, str(path))
+    return path
+
+
+def make_bad_inputs(folder: Path) -> dict[str, tuple[Path, str]]:
+    """Broken inputs, each with a word the one-line error must contain."""
+    folder.mkdir(parents=True, exist_ok=True)
+    good = nib.load(str(CHU_IMG))
+    data = np.asanyarray(good.dataobj).astype(np.float32)
+    aff = good.affine
+    out: dict[str, tuple[Path, str]] = {}
+    out["missing"] = (folder / "does_not_exist.nii.gz", "no such file")
+    (folder / "empty.nii.gz").write_bytes(b"")
+    out["empty file"] = (folder / "empty.nii.gz", "empty")
+    (folder / "text.nii.gz").write_text("this is not an image\n")
+    out["text named .nii.gz"] = (folder / "text.nii.gz", "gzip")
+    raw = CHU_IMG.read_bytes()
+    (folder / "truncated.nii.gz").write_bytes(raw[: len(raw) // 2])
+    out["truncated gzip"] = (folder / "truncated.nii.gz", "truncated")
+    (folder / "garbage.nii.gz").write_bytes(gzip.compress(os.urandom(2000)))
+    out["gzip of garbage"] = (folder / "garbage.nii.gz", "nifti")
+    (folder / "notnifti.txt").write_text("hello")
+    out["not NIfTI extension"] = (folder / "notnifti.txt", "not a nifti")
+    out["2D"] = (_save(nib.Nifti1Image(data[:, :, 0], aff), folder / "two_d.nii.gz"), "2D")
+    out["4D"] = (_save(nib.Nifti1Image(np.stack([data, data], -1), aff), folder / "four_d.nii.gz"),
+                 "4D")
+    nan = data.copy()
+    nan[10, 10, 10] = np.nan
+    out["NaN voxels"] = (_save(nib.Nifti1Image(nan, aff), folder / "nan.nii.gz"), "NaN")
+    out["constant"] = (_save(nib.Nifti1Image(np.full_like(data, 7), aff), folder / "const.nii.gz"),
+                       "constant")
+    out["1x1x1"] = (_save(nib.Nifti1Image(np.ones((1, 1, 1), np.float32), aff),
+                          folder / "tiny.nii.gz"), "small")
+    out["complex"] = (_save(nib.Nifti1Image(data.astype(np.complex64), aff),
+                            folder / "complex.nii.gz"), "voxel type")
+    sing = aff.copy()
+    sing[:3, 0] = 0  # first axis collapsed: nibabel refuses to build it, so write the sform raw
+    simg = nib.Nifti1Image(data, None)
+    simg.header.set_sform(sing, code=1)
+    simg.header.set_qform(None, code=0)
+    out["singular affine"] = (_save(simg, folder / "singular.nii.gz"), "singular")
+    # A header claiming 4000^3 voxels in front of a tiny payload.
+    hdr = nib.Nifti1Header()
+    hdr.set_data_shape((4000, 4000, 4000))
+    hdr.set_data_dtype(np.float32)
+    (folder / "huge.nii").write_bytes(hdr.binaryblock + b"\0" * 4 + b"\0" * 1024)
+    out["gigantic header"] = (folder / "huge.nii", "large")
+    return out
