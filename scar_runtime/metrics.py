@@ -105,7 +105,7 @@ def _class_slices(labels: np.ndarray) -> dict[int, Slices]:
 
 def _mask_bbox(mask: np.ndarray) -> Slices | None:
     """Tight bounding box of a boolean mask (None when empty)."""
-    sl = ndimage.find_objects(mask.view(np.uint8) if mask.dtype == bool else mask.astype(np.uint8))
+    sl = ndimage.find_objects(mask.astype(bool, copy=False).view(np.uint8))
     return sl[0] if sl and sl[0] is not None else None
 
 
@@ -189,6 +189,25 @@ def _points_mm(surface: np.ndarray, origin: Sequence[int], spacing: Sequence[flo
     return (np.argwhere(surface) + np.asarray(origin)) * np.asarray(spacing)
 
 
+def _surface_points_by_class(labels: np.ndarray, spacing: Sequence[float]) -> dict[int, np.ndarray]:
+    """Surface points (mm) of every class of a label volume, from one scan of the volume.
+
+    One ``flatnonzero`` over the whole boundary map, then grouping by class, instead of a scan of
+    each class's box: a stray blob far away makes that box the whole volume, ten times over.
+    """
+    flat = np.flatnonzero(_boundary(labels).ravel())
+    cls = labels.ravel()[flat]
+    order = np.argsort(cls, kind="stable")
+    flat, cls = flat[order], cls[order]
+    ids, starts = np.unique(cls, return_index=True)
+    stops = np.append(starts[1:], cls.size)
+    sp = np.asarray(spacing, dtype=float)
+    return {
+        int(c): np.stack(np.unravel_index(flat[a:b], labels.shape), axis=1) * sp
+        for c, a, b in zip(ids, starts, stops, strict=True)
+    }
+
+
 def _hd95_points(pred_pts: np.ndarray, gt_pts: np.ndarray) -> float:
     """Symmetric HD95 of two surface point clouds (mm).
 
@@ -196,7 +215,7 @@ def _hd95_points(pred_pts: np.ndarray, gt_pts: np.ndarray) -> float:
     the same numbers as ``distance_transform_edt(~surface, sampling=spacing)`` read at the other
     surface (MONAI's ``get_surface_distance``), but its cost follows the number of surface voxels,
     not the volume of their bounding box. With the EDT a single stray blob far from the structure
-    made the box the whole scan (12 s for 381x381x76, 85 s for 512x512x200, per case).
+    made the box the whole scan (measured: 12 s for a 381x381x76 case, 85 s for 512x512x200).
     """
     d_pred_to_gt = cKDTree(gt_pts).query(pred_pts, k=1)[0]
     d_gt_to_pred = cKDTree(pred_pts).query(gt_pts, k=1)[0]
@@ -444,8 +463,9 @@ def evaluate_case(
     ident = level_identification(pred_c, gt_c)
     kp_err = keypoint_errors(pred_c, gt_c)
     # Surfaces of every class in one pass per volume (only needed where something is labelled).
-    pred_surf = _boundary(pred) if gt_sl and pred_sl else None
-    gt_surf = _boundary(gt) if gt_sl and pred_sl else None
+    needed = bool(set(gt_sl) & set(pred_sl))
+    pred_surf = _surface_points_by_class(pred, sp) if needed else {}
+    gt_surf = _surface_points_by_class(gt, sp) if needed else {}
 
     scores: list[StructureScore] = []
     for st in STRUCTURES:
@@ -463,11 +483,7 @@ def evaluate_case(
         d2 = None
         if 0 <= k < g.shape[2] and (g[:, :, k].any() or p[:, :, k].any()):
             d2 = dice(p[:, :, k], g[:, :, k])
-        h = None
-        if present:
-            origin = [s.start for s in box]
-            h = _hd95_points(_points_mm(pred_surf[box] & p, origin, sp),
-                             _points_mm(gt_surf[box] & g, origin, sp))
+        h = _hd95_points(pred_surf[cid], gt_surf[cid]) if present else None
         scores.append(StructureScore(cid, st.name, True, d3, d2, h, kp_err.get(cid),
                                      ident[cid], present))
     return CaseScore(name=name, structures=scores)

@@ -77,6 +77,10 @@ class SliceGrid:
         s = np.array(self.scale)
         return (rc + 0.5) / s - 0.5 + np.array(self.offset)
 
+    def to_resampled(self, rc: np.ndarray) -> np.ndarray:
+        """Input slice (row, col) -> coordinates on the resampled grid before pad/crop."""
+        return self.to_network(rc) - np.array(self.offset)
+
     def to_input(self, rc: np.ndarray) -> np.ndarray:
         """Network pixel coordinates -> input slice (row, col) coordinates."""
         rc = np.asarray(rc, dtype=np.float64)
@@ -157,24 +161,37 @@ def _shift_copy(src: np.ndarray, offset: tuple[int, int], shape: tuple[int, int]
     return out
 
 
-def image_to_slices(volume: np.ndarray, in_spacing: tuple[float, float],
-                    cfg: PreprocessConfig) -> tuple[np.ndarray, SliceGrid]:
-    """Working-layout volume (rows, cols, slices) -> float32 network input (slices, 1, H, W)."""
+def resample_image(volume: np.ndarray, in_spacing: tuple[float, float],
+                   cfg: PreprocessConfig) -> tuple[np.ndarray, SliceGrid]:
+    """Normalise and resample in-plane, without the final pad/crop (training crops itself).
+
+    Returns the float32 volume (rows, cols, slices) at ``cfg.spacing_mm`` and the grid.
+    """
     if volume.ndim != 3:
         raise InvalidImageError(f"expected a 3D volume, got shape {volume.shape}")
     grid = plan_grid(volume.shape[:2], in_spacing, cfg)
     norm = normalise(volume, cfg)
-    res = _resample(norm, grid.scale, grid.resampled_shape, order=1)
+    return _resample(norm, grid.scale, grid.resampled_shape, order=1), grid
+
+
+def resample_labels(labels: np.ndarray, grid: SliceGrid) -> np.ndarray:
+    """Labels on the resampled (unpadded) grid, nearest neighbour."""
+    return _resample(labels, grid.scale, grid.resampled_shape, order=0)
+
+
+def image_to_slices(volume: np.ndarray, in_spacing: tuple[float, float],
+                    cfg: PreprocessConfig) -> tuple[np.ndarray, SliceGrid]:
+    """Working-layout volume (rows, cols, slices) -> float32 network input (slices, 1, H, W)."""
+    res, grid = resample_image(volume, in_spacing, cfg)
     # Pad with the darkest normalised value (what air looks like after clipping), not 0, which
     # after z-scoring is mid-grey tissue.
-    stack = _shift_copy(res, grid.offset, grid.out_shape, float(norm.min()))
+    stack = _shift_copy(res, grid.offset, grid.out_shape, float(res.min()))
     return np.ascontiguousarray(np.moveaxis(stack, 2, 0)[:, None]), grid
 
 
 def labels_to_slices(labels: np.ndarray, grid: SliceGrid) -> np.ndarray:
     """Working-layout label volume -> (slices, H, W) on the network grid (nearest neighbour)."""
-    res = _resample(labels, grid.scale, grid.resampled_shape, order=0)
-    stack = _shift_copy(res, grid.offset, grid.out_shape, 0)
+    stack = _shift_copy(resample_labels(labels, grid), grid.offset, grid.out_shape, 0)
     return np.ascontiguousarray(np.moveaxis(stack, 2, 0))
 
 

@@ -95,3 +95,44 @@ def make_bad_inputs(folder: Path) -> dict[str, tuple[Path, str]]:
     (folder / "huge.nii").write_bytes(hdr.binaryblock + b"\0" * 4 + b"\0" * 1024)
     out["gigantic header"] = (folder / "huge.nii", "large")
     return out
+
+
+def write_mini_index(folder: Path) -> Path:
+    """A tiny real-data index: a vertebra case, a disc case, a key-point-only case (the vertebra
+    image with key-points taken from its own mask's centroids) and a disc case for val."""
+    import json
+    import shutil
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for p in (CHU_IMG, CHU_SEG, IVD_IMG, IVD_SEG):
+        shutil.copy(p, folder / p.name)
+    seg = nib.load(str(CHU_SEG))
+    data = np.asanyarray(seg.dataobj)
+    kps = {}
+    for level, vid in (("L1", 20), ("L2", 21), ("L3", 22), ("L4", 23), ("L5", 24)):
+        ijk = np.argwhere(data == vid)
+        c = ijk.mean(0)
+        kps[level] = {"label": vid, "voxel": c.tolist(),
+                      "world_mm": nib.affines.apply_affine(seg.affine, c).tolist(),
+                      "slices": [int(ijk[:, 2].min()), int(ijk[:, 2].max())]}
+    (folder / "chu_kp.json").write_text(json.dumps({"keypoints": kps}))
+    vb_levels = ["L5", "L4", "L3", "L2", "L1", "T12", "T11"]
+    ivd_levels = ["L5/S1", "L4/L5", "L3/L4", "L2/L3", "L1/L2"]
+    entries = [
+        {"dataset": "vb", "case": "06", "image": CHU_IMG.name, "seg": CHU_SEG.name,
+         "levels": vb_levels, "split": "train"},
+        {"dataset": "ivd", "case": "25", "image": IVD_IMG.name, "seg": IVD_SEG.name,
+         "levels": ivd_levels, "split": "train"},
+        {"dataset": "kp", "case": "06", "image": CHU_IMG.name, "keypoints": "chu_kp.json",
+         "levels": vb_levels[:5], "split": "train", "subject": "chu06"},
+        {"dataset": "ivdval", "case": "25", "image": IVD_IMG.name, "seg": IVD_SEG.name,
+         "levels": ivd_levels, "split": "val", "subject": "ivd25-val"},
+    ]
+    p = folder / "index.json"
+    p.write_text(json.dumps(entries, indent=1))
+    return p
+
+
+@pytest.fixture
+def mini_index(tmp_path) -> Path:
+    return write_mini_index(tmp_path / "data")

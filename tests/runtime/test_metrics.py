@@ -403,7 +403,7 @@ def test_summarize_counts_only_labelled(chu, menezes):
     assert empty["structures"]["L1"]["status"] == NOT_LABELLED
 
 
-def test_evaluate_case_is_fast_on_a_clinical_sized_volume(chu):
+def test_evaluate_case_on_a_clinical_sized_volume(chu):
     # Upsample the real case to ~ 432x392x78 (13M voxels, larger than a 381x381x76 scan) and score a
     # shifted copy, so every structure needs a real HD95.
     seg, _, affine = chu
@@ -417,7 +417,7 @@ def test_evaluate_case_is_fast_on_a_clinical_sized_volume(chu):
     print(f"evaluate_case {big.shape}: {elapsed:.2f} s", file=sys.stderr)
     assert 0.9 < score.mean_vertebra_dice < 1.0
     assert score.identification_rate == 1.0
-    assert elapsed < 5.0
+    # The time is printed, not asserted: wall-clock bounds belong to benchmarks/.
 
 
 def test_runtime_metrics_do_not_import_torch():

@@ -1,0 +1,56 @@
+"""Checkpoints: plain dicts of tensors, ints and JSON strings, so ``torch.load(...,
+weights_only=True)`` reads them (no pickled code runs on load). Written atomically."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from scar_runtime.atomic import atomic_write
+from scar_runtime.errors import ModelError
+
+FORMAT = "scar-net-checkpoint"
+FORMAT_VERSION = 1
+
+
+def save_checkpoint(path: Path, *, model_state: dict, model_config: dict, train_config: dict,
+                    preprocess: dict, data_index_sha256: str, step: int, epoch: int,
+                    optimizer_state: dict | None = None, scheduler_state: dict | None = None,
+                    metrics: dict | None = None, extra: dict | None = None) -> Path:
+    doc = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "model": {k: v.detach().cpu() for k, v in model_state.items()},
+        "model_config": json.dumps(model_config),
+        "train_config": json.dumps(train_config),
+        "preprocess": json.dumps(preprocess),
+        "data_index_sha256": data_index_sha256,
+        "step": int(step),
+        "epoch": int(epoch),
+        "metrics": json.dumps(metrics or {}),
+        "extra": json.dumps(extra or {}),
+    }
+    if optimizer_state is not None:
+        doc["optimizer"] = optimizer_state
+    if scheduler_state is not None:
+        doc["scheduler"] = scheduler_state
+    doc["torch_rng"] = torch.get_rng_state()
+    return atomic_write(path, lambda tmp: torch.save(doc, tmp), force=True)
+
+
+def load_checkpoint(path: Path | str) -> dict:
+    """Load with ``weights_only=True``; JSON fields decoded. One-line errors for bad files."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"{path}: no such checkpoint")
+    try:
+        doc = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for corrupt/truncated/non-torch files
+        raise ModelError(f"{path}: not a readable checkpoint ({type(e).__name__})") from e
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise ModelError(f"{path}: not a scar-net checkpoint")
+    for k in ("model_config", "train_config", "preprocess", "metrics", "extra"):
+        doc[k] = json.loads(doc.get(k) or "{}")
+    return doc

@@ -1,0 +1,64 @@
+"""``scar train``: loaded by the ``scar`` CLI only when invoked (it needs torch)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from scar_train.config import TrainConfig
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
+
+
+@app.command()
+def train(
+    data: Path = typer.Option(..., "--data", help="Data index JSON (../shared/data format)."),
+    out: Path = typer.Option(..., "--out", help="Run folder (config, log, last/best checkpoints)."),
+    size: str = typer.Option("small", help="Model size: small or paper."),
+    epochs: int = typer.Option(30, help="Epochs (of --steps-per-epoch optimiser steps)."),
+    steps_per_epoch: int = typer.Option(100, help="Optimiser steps per epoch."),
+    max_steps: int | None = typer.Option(None, help="Stop after this many steps (smoke runs)."),
+    batch: int = typer.Option(8, help="Slices per batch (per process)."),
+    weak_per_batch: int = typer.Option(2, help="Key-point-only samples per batch."),
+    crop: int = typer.Option(256, help="Training crop size (pixels at 1 mm)."),
+    lambda_: float = typer.Option(50.0, "--lambda", help="Weight of the key-point loss."),
+    lr: float = typer.Option(5e-4, help="Adam learning rate (divided by 5 at 1/3 and 2/3)."),
+    no_mcca: bool = typer.Option(False, "--no-mcca", help="Ablation: no MCCA (MF = F_S^H)."),
+    no_at: bool = typer.Option(False, "--no-at", help="Ablation: no AT (FE = F_S^L)."),
+    no_augment: bool = typer.Option(False, "--no-augment", help="Disable augmentation."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from OUT/last.pt."),
+    fold: int | None = typer.Option(None, help="Cross-validation fold (with --folds)."),
+    folds: int | None = typer.Option(None, help="Number of folds (split by subject)."),
+    seed: int = typer.Option(0, help="Random seed."),
+    val_every: int = typer.Option(5, help="Validate every N epochs."),
+    log_every: int = typer.Option(10, help="Log every N steps."),
+    ckpt_every: int = typer.Option(50, help="Write last.pt every N steps."),
+    threads: int | None = typer.Option(None, help="CPU threads (default: all cores)."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+):
+    """Train SCAR-Net with mixed supervision (masks + key-points) and partial labels."""
+    from scar_train.train import train as run_training
+
+    cfg = TrainConfig(data=str(data), out=str(out), size=size, epochs=epochs,
+                      steps_per_epoch=steps_per_epoch, max_steps=max_steps, batch=batch,
+                      weak_per_batch=weak_per_batch, crop=crop, rec_weight=lambda_, lr=lr,
+                      use_mcca=not no_mcca, use_at=not no_at, augment=not no_augment,
+                      seed=seed, fold=fold, folds=folds, val_every=val_every,
+                      log_every=log_every, ckpt_every=ckpt_every, threads=threads,
+                      device=device, resume=resume)
+    summary = run_training(cfg)
+    typer.echo(f"done: step {summary['step']}, best val mean Dice {summary['best_mean_dice']:.4f}"
+               f", checkpoints in {out}")
+
+
+def main() -> None:  # `python -m scar_train.cli` (torchrun uses this)
+    import sys
+
+    from scar_runtime.cli import run
+
+    sys.exit(run(["train", *sys.argv[1:]]))
+
+
+if __name__ == "__main__":
+    main()

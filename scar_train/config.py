@@ -1,0 +1,83 @@
+"""Training configuration: one dataclass, saved as config.json in the run folder."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+from scar_runtime.errors import ConfigError
+
+# Fields that may differ between a run and its --resume (they do not change what is trained).
+RESUMABLE_FIELDS = {"resume", "max_steps", "val_every", "log_every", "ckpt_every", "threads",
+                    "device", "out", "data"}
+
+
+@dataclass
+class TrainConfig:
+    data: str
+    out: str
+    size: str = "small"
+    epochs: int = 30
+    steps_per_epoch: int = 100
+    max_steps: int | None = None  # stop after this many optimiser steps (smoke runs)
+    batch: int = 8
+    weak_per_batch: int = 2  # key-point-only samples in each batch (paper: 2 full + 2 weak)
+    disc_fraction: float = 0.25  # share of mask samples drawn from disc-labelled sets
+    crop: int = 256
+    rec_weight: float = 50.0  # lambda (paper sweeps 40..100)
+    lr: float = 5e-4
+    use_mcca: bool = True
+    use_at: bool = True
+    augment: bool = True
+    seed: int = 0
+    fold: int | None = None
+    folds: int | None = None
+    val_every: int = 5  # epochs
+    log_every: int = 10  # steps
+    ckpt_every: int = 50  # steps: a killed run loses at most this many
+    threads: int | None = None
+    device: str = "auto"
+    resume: bool = False
+
+    def __post_init__(self):
+        if self.size not in ("small", "paper"):
+            raise ConfigError(f"unknown size {self.size!r} (valid: small, paper)")
+        if self.epochs < 1 or self.steps_per_epoch < 1 or self.batch < 1:
+            raise ConfigError("epochs, steps-per-epoch and batch must be >= 1")
+        if self.crop % 16:
+            raise ConfigError(f"crop {self.crop} must be a multiple of 16")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ConfigError("--max-steps must be >= 1")
+        if (self.fold is None) != (self.folds is None):
+            raise ConfigError("--fold and --folds go together")
+        if self.folds is not None and not (self.folds >= 2 and 0 <= self.fold < self.folds):
+            raise ConfigError(f"--fold must be in 0..{(self.folds or 1) - 1} and --folds >= 2")
+        if self.weak_per_batch > self.batch:
+            raise ConfigError("--weak-per-batch cannot exceed --batch")
+
+    @property
+    def total_steps(self) -> int:
+        return self.epochs * self.steps_per_epoch
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    def save(self, path: Path) -> None:
+        from scar_runtime.atomic import atomic_write_text
+
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=1), force=True)
+
+    def check_resumable_from(self, saved: dict) -> None:
+        """Refuse --resume against a run trained with different settings."""
+        mine = self.to_dict()
+        diff = [k for k in mine if k not in RESUMABLE_FIELDS and saved.get(k) != mine[k]]
+        if diff:
+            k = diff[0]
+            raise ConfigError(f"--resume: this run was started with {k}={saved.get(k)!r}, not "
+                              f"{mine[k]!r} ({len(diff)} setting(s) differ: {', '.join(diff)})")

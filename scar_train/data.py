@@ -1,0 +1,253 @@
+"""Training slices from a data index, through the runtime's own reader and preprocessing.
+
+Each case is loaded once (``scar_runtime.io`` -> ``preprocess.resample_image``: normalised and at
+the network's in-plane spacing) and kept in memory. Batches are random 2D crops of sagittal
+slices with a joint random rotation/scale (image, mask and key-points move together) and intensity
+jitter. Batches mix fully annotated cases (masks) and weakly annotated ones (key-points only), and
+every sample says which classes and key-points its data set labels, for the partial-label loss.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import ndimage
+
+from scar_runtime import labels as L
+from scar_runtime.dataset import Case
+from scar_runtime.preprocess import PreprocessConfig, resample_image, resample_labels
+
+HEATMAP_STRIDE = 4
+
+
+@dataclass
+class PreparedCase:
+    case: Case
+    image: np.ndarray  # (rows, cols, slices) float16, normalised, at cfg.spacing_mm in-plane
+    labels: np.ndarray | None  # same grid, model class ids (None for key-point-only cases)
+    # key-point index -> (row, col, first slice, last slice) on the resampled grid
+    keypoints: dict[int, tuple[float, float, int, int]] = field(default_factory=dict)
+    labelled_classes: frozenset[int] = frozenset()
+    labelled_keypoints: frozenset[int] = frozenset()
+    fg_slices: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=int))
+    background: float = 0.0  # darkest normalised value: what padding and air look like
+
+    @property
+    def is_weak(self) -> bool:
+        return self.labels is None
+
+
+def _keypoints_on_grid(case: Case, vol, grid) -> dict[int, tuple[float, float, int, int]]:
+    """Key-point files give world mm (and, when known, the slice range of the structure)."""
+    import json
+
+    if case.keypoints is None:
+        return {}
+    doc = json.loads(case.keypoints.read_text())["keypoints"]
+    world_to_work = np.linalg.inv(vol.affine)
+    file_to_work = world_to_work @ vol.source.affine
+    out = {}
+    for k, world in case.load_keypoints().items():
+        ijk = world_to_work[:3, :3] @ world + world_to_work[:3, 3]
+        rc = grid.to_resampled(ijk[:2])
+        level = L.KEYPOINT_NAMES[k]
+        rng = doc.get(level, {}).get("slices")
+        if rng:  # slice range in the file's voxel axis 2 -> working slice axis
+            ends = [file_to_work[:3, :3] @ np.array([0.0, 0.0, s]) + file_to_work[:3, 3]
+                    for s in rng]
+            lo, hi = sorted(int(round(e[2])) for e in ends)
+        else:
+            lo = hi = int(round(ijk[2]))
+        out[k] = (float(rc[0]), float(rc[1]), lo, hi)
+    return out
+
+
+def prepare_case(case: Case, cfg: PreprocessConfig) -> PreparedCase:
+    vol = case.load_image()
+    image, grid = resample_image(vol.data, vol.inplane_spacing, cfg)
+    labels = None
+    fg = np.zeros(0, dtype=int)
+    kps: dict = {}
+    if case.seg is not None:
+        seg = case.load_seg(vol)
+        labels = resample_labels(seg.data, grid).astype(np.uint8)
+        fg = np.nonzero(np.isin(labels, list(case.labelled_classes)).any(axis=(0, 1)))[0]
+    else:
+        kps = _keypoints_on_grid(case, vol, grid)
+        if kps:
+            lo = max(0, min(v[2] for v in kps.values()))
+            hi = min(image.shape[2] - 1, max(v[3] for v in kps.values()))
+            fg = np.arange(lo, hi + 1)
+    return PreparedCase(case=case, image=image.astype(np.float16), labels=labels, keypoints=kps,
+                        labelled_classes=case.labelled_classes,
+                        labelled_keypoints=case.labelled_keypoints, fg_slices=fg,
+                        background=float(image.min()))
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    rotation_deg: float = 10.0
+    scale: tuple[float, float] = (0.9, 1.1)
+    intensity_scale: tuple[float, float] = (0.85, 1.15)
+    intensity_shift: float = 0.15
+    gamma: tuple[float, float] = (0.75, 1.35)
+    noise_std: float = 0.05
+    enabled: bool = True
+
+
+@dataclass
+class Batch:
+    image: np.ndarray  # (N, 1, H, W) float32
+    labels: np.ndarray  # (N, H, W) int64 (0 where unknown/unlabelled: see class_mask)
+    class_mask: np.ndarray  # (N, 11) bool: class labelled by this sample's set (0 always True)
+    has_seg: np.ndarray  # (N,) bool: a mask supervises this sample
+    heatmaps: np.ndarray  # (N, 10, H/4, W/4) float32 Gaussian targets
+    kp_mask: np.ndarray  # (N, 10) bool: key-point supervised (present or known absent)
+
+
+def gaussian_heatmaps(points: dict[int, tuple[float, float]], shape: tuple[int, int],
+                      sigma_px: float) -> np.ndarray:
+    """(10, H/4, W/4) heatmaps: a unit-peak Gaussian at each point (input pixel coords)."""
+    h, w = shape[0] // HEATMAP_STRIDE, shape[1] // HEATMAP_STRIDE
+    # heatmap cell i covers input pixels 4i..4i+3, centre 4i + 1.5 (matches the model's decoding)
+    ys = np.arange(h) * HEATMAP_STRIDE + (HEATMAP_STRIDE - 1) / 2
+    xs = np.arange(w) * HEATMAP_STRIDE + (HEATMAP_STRIDE - 1) / 2
+    out = np.zeros((L.NUM_KEYPOINTS, h, w), dtype=np.float32)
+    for k, (r, c) in points.items():
+        gy = np.exp(-((ys - r) ** 2) / (2 * sigma_px**2))
+        gx = np.exp(-((xs - c) ** 2) / (2 * sigma_px**2))
+        out[k] = gy[:, None] * gx[None, :]
+    return out
+
+
+def _centroids_2d(labels: np.ndarray, classes) -> dict[int, tuple[float, float]]:
+    """Key-point index -> (row, col) centroid for each of ``classes`` present in ``labels``."""
+    flat = labels.ravel().astype(np.intp)
+    counts = np.bincount(flat, minlength=L.NUM_CLASSES)
+    rows, cols = np.indices(labels.shape)
+    sum_r = np.bincount(flat, weights=rows.ravel(), minlength=L.NUM_CLASSES)
+    sum_c = np.bincount(flat, weights=cols.ravel(), minlength=L.NUM_CLASSES)
+    return {L.keypoint_index(c): (sum_r[c] / counts[c], sum_c[c] / counts[c])
+            for c in classes if c != 0 and counts[c] > 0}
+
+
+class SliceSampler:
+    """Draws mixed batches of augmented crops. Deterministic given its seed."""
+
+    def __init__(self, cases: list[PreparedCase], *, crop: tuple[int, int] = (256, 256),
+                 batch_size: int = 8, weak_per_batch: int = 2, disc_fraction: float = 0.25,
+                 fg_fraction: float = 0.85, sigma_px: float = 6.0,
+                 augment: AugmentConfig | None = None, seed: int = 0):
+        self.full = [c for c in cases if not c.is_weak and len(c.fg_slices)]
+        self.weak = [c for c in cases if c.is_weak and len(c.fg_slices)]
+        if not self.full and not self.weak:
+            raise ValueError("no training case has labelled slices")
+        self.crop = crop
+        self.batch_size = batch_size
+        self.weak_per_batch = min(weak_per_batch, batch_size) if self.weak else 0
+        if not self.full:
+            self.weak_per_batch = batch_size
+        self.disc_fraction = disc_fraction
+        self.fg_fraction = fg_fraction
+        self.sigma_px = sigma_px
+        self.augment = augment or AugmentConfig()
+        self.rng = np.random.default_rng(seed)
+        discs = [c for c in self.full if c.labelled_classes == frozenset(L.DISC_IDS)]
+        others = [c for c in self.full if c not in discs]
+        # Few disc cases exist: draw them with a fixed share instead of by their count.
+        self._groups = [(g, w) for g, w in ((others, 1 - disc_fraction), (discs, disc_fraction))
+                        if g]
+
+    def _pick_full(self) -> PreparedCase:
+        groups, weights = zip(*self._groups, strict=True)
+        p = np.array(weights) / sum(weights)
+        g = groups[self.rng.choice(len(groups), p=p)]
+        return g[self.rng.integers(len(g))]
+
+    def _affine(self) -> tuple[np.ndarray, float]:
+        a = self.augment
+        if not a.enabled:
+            return np.eye(2), 1.0
+        theta = math.radians(self.rng.uniform(-a.rotation_deg, a.rotation_deg))
+        s = self.rng.uniform(*a.scale)
+        rot = np.array([[math.cos(theta), -math.sin(theta)], [math.sin(theta), math.cos(theta)]])
+        return rot / s, s  # output offset -> source offset
+
+    def sample(self, pc: PreparedCase) -> tuple:
+        h, w = self.crop
+        rng = self.rng
+        s = int(rng.choice(pc.fg_slices)) if (rng.random() < self.fg_fraction
+                                               or pc.is_weak) else int(
+            rng.integers(pc.image.shape[2]))
+        img = pc.image[:, :, s].astype(np.float32)
+        lab = pc.labels[:, :, s] if pc.labels is not None else None
+        # crop centre: near a labelled structure of this slice, else anywhere
+        centre = np.array([rng.uniform(0, img.shape[0]), rng.uniform(0, img.shape[1])])
+        if lab is not None:
+            fg = np.argwhere(np.isin(lab, list(pc.labelled_classes)))
+            if len(fg):
+                centre = fg[rng.integers(len(fg))] + rng.normal(0, 24, 2)
+        elif pc.keypoints:
+            r, c, _, _ = list(pc.keypoints.values())[rng.integers(len(pc.keypoints))]
+            centre = np.array([r, c]) + rng.normal(0, 24, 2)
+        A, _ = self._affine()
+        out_c = np.array([(h - 1) / 2, (w - 1) / 2])
+        offset = centre - A @ out_c
+        bg = pc.background
+        x = ndimage.affine_transform(img, A, offset=offset, output_shape=(h, w), order=1,
+                                     mode="constant", cval=bg, prefilter=False)
+        x = self._intensity(x)
+        Ainv = np.linalg.inv(A)
+        if lab is not None:
+            y = ndimage.affine_transform(lab, A, offset=offset, output_shape=(h, w), order=0,
+                                         mode="constant", cval=0, prefilter=False)
+            points = _centroids_2d(y, sorted(pc.labelled_classes))
+        else:
+            y = np.zeros((h, w), np.uint8)
+            points = {}
+            for k, (r, c, lo, hi) in pc.keypoints.items():
+                if lo <= s <= hi:
+                    q = Ainv @ (np.array([r, c]) - offset)
+                    if 0 <= q[0] < h and 0 <= q[1] < w:
+                        points[k] = (float(q[0]), float(q[1]))
+        return x, y, points, pc
+
+    def _intensity(self, x: np.ndarray) -> np.ndarray:
+        a, rng = self.augment, self.rng
+        if not a.enabled:
+            return x
+        lo, hi = float(x.min()), float(x.max())
+        if hi > lo:
+            u = (x - lo) / (hi - lo)
+            x = u ** rng.uniform(*a.gamma) * (hi - lo) + lo
+        x = x * rng.uniform(*a.intensity_scale) + rng.uniform(-a.intensity_shift,
+                                                               a.intensity_shift)
+        if a.noise_std:
+            x = x + rng.normal(0, rng.uniform(0, a.noise_std), x.shape)
+        return x.astype(np.float32)
+
+    def next_batch(self) -> Batch:
+        n_weak = self.weak_per_batch
+        picks = [self._pick_full() for _ in range(self.batch_size - n_weak)]
+        picks += [self.weak[self.rng.integers(len(self.weak))] for _ in range(n_weak)]
+        samples = [self.sample(pc) for pc in picks]
+        n = len(samples)
+        h, w = self.crop
+        batch = Batch(image=np.zeros((n, 1, h, w), np.float32),
+                      labels=np.zeros((n, h, w), np.int64),
+                      class_mask=np.zeros((n, L.NUM_CLASSES), bool),
+                      has_seg=np.zeros(n, bool),
+                      heatmaps=np.zeros((n, L.NUM_KEYPOINTS, h // HEATMAP_STRIDE,
+                                         w // HEATMAP_STRIDE), np.float32),
+                      kp_mask=np.zeros((n, L.NUM_KEYPOINTS), bool))
+        for i, (x, y, points, pc) in enumerate(samples):
+            batch.image[i, 0] = x
+            batch.labels[i] = y
+            batch.class_mask[i, 0] = True
+            batch.class_mask[i, list(pc.labelled_classes)] = True
+            batch.has_seg[i] = not pc.is_weak
+            batch.heatmaps[i] = gaussian_heatmaps(points, (h, w), self.sigma_px)
+            batch.kp_mask[i, list(pc.labelled_keypoints)] = True
+        return batch
