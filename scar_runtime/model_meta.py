@@ -1,0 +1,87 @@
+"""What an exported scar-net model carries in its ONNX ``metadata_props``.
+
+The runtime needs nothing else (no checkpoint, no config file): the label map, the preprocessing
+(spacing, size rule, normalisation), the model's size and ablation flags, the precision, the
+package version and the hash of the training data index all travel inside the .onnx file. The
+exporter writes these with :meth:`ModelMetadata.to_props`; the runtime reads them back with
+:meth:`ModelMetadata.from_props` (from ``onnxruntime``'s ``custom_metadata_map``, so the lean
+runtime does not need the ``onnx`` package).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from scar_runtime import __version__
+from scar_runtime import labels as L
+from scar_runtime.errors import ModelError
+from scar_runtime.preprocess import PreprocessConfig
+
+FORMAT = "scar-net-onnx"
+FORMAT_VERSION = 1
+PREFIX = "scar."
+
+INPUT_NAME = "image"  # (N, 1, H, W) float32, H and W multiples of `input_multiple`
+OUTPUT_NAMES = ("probs", "heatmaps", "keypoints")  # (N,11,H,W), (N,10,H/4,W/4), (N,10,2)
+
+
+@dataclass
+class ModelMetadata:
+    preprocess: PreprocessConfig
+    model_config: dict
+    precision: str = "fp32"  # fp32 | fp16 (weights/compute; inputs/outputs stay float32)
+    custom_ops: bool = False
+    data_index_sha256: str = ""
+    training: dict = field(default_factory=dict)  # step, epoch, validation summary
+    labels: dict = field(default_factory=L.label_map_dict)
+    version: str = __version__
+    input_multiple: int = 16
+    heatmap_stride: int = 4
+
+    def to_props(self) -> dict[str, str]:
+        """String key/values for ONNX metadata_props."""
+        return {
+            f"{PREFIX}format": FORMAT,
+            f"{PREFIX}format_version": str(FORMAT_VERSION),
+            f"{PREFIX}version": self.version,
+            f"{PREFIX}labels": json.dumps(self.labels),
+            f"{PREFIX}preprocess": json.dumps(self.preprocess.to_dict()),
+            f"{PREFIX}model_config": json.dumps(self.model_config),
+            f"{PREFIX}precision": self.precision,
+            f"{PREFIX}custom_ops": json.dumps(self.custom_ops),
+            f"{PREFIX}data_index_sha256": self.data_index_sha256,
+            f"{PREFIX}training": json.dumps(self.training),
+            f"{PREFIX}io": json.dumps({"input": INPUT_NAME, "outputs": list(OUTPUT_NAMES),
+                                       "input_multiple": self.input_multiple,
+                                       "heatmap_stride": self.heatmap_stride}),
+        }
+
+    @classmethod
+    def from_props(cls, props: dict[str, str], *, where: str = "model") -> ModelMetadata:
+        if props.get(f"{PREFIX}format") != FORMAT:
+            raise ModelError(f"{where}: not a scar-net model (no scar metadata; export it with "
+                             "`scar export`)")
+        fv = int(props.get(f"{PREFIX}format_version", "0"))
+        if fv > FORMAT_VERSION:
+            raise ModelError(f"{where}: made by a newer scar-net (format {fv}); upgrade scar-net")
+        try:
+            io = json.loads(props[f"{PREFIX}io"])
+            meta = cls(
+                preprocess=PreprocessConfig.from_dict(json.loads(props[f"{PREFIX}preprocess"])),
+                model_config=json.loads(props[f"{PREFIX}model_config"]),
+                precision=props.get(f"{PREFIX}precision", "fp32"),
+                custom_ops=json.loads(props.get(f"{PREFIX}custom_ops", "false")),
+                data_index_sha256=props.get(f"{PREFIX}data_index_sha256", ""),
+                training=json.loads(props.get(f"{PREFIX}training", "{}")),
+                labels=json.loads(props[f"{PREFIX}labels"]),
+                version=props.get(f"{PREFIX}version", "?"),
+                input_multiple=int(io.get("input_multiple", 16)),
+                heatmap_stride=int(io.get("heatmap_stride", 4)),
+            )
+        except (KeyError, ValueError, TypeError) as e:
+            raise ModelError(f"{where}: damaged scar metadata ({e})") from e
+        if meta.labels.get("num_classes") != L.NUM_CLASSES:
+            raise ModelError(f"{where}: label map with {meta.labels.get('num_classes')} classes; "
+                             f"this scar-net knows {L.NUM_CLASSES}")
+        return meta
