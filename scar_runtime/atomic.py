@@ -15,6 +15,9 @@ from pathlib import Path
 
 from scar_runtime.errors import OutputError
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 def _suffix(path: Path) -> str:
     # Keep the real extension on the temp file: nibabel picks gzip from ".nii.gz".
@@ -69,6 +72,7 @@ def atomic_write(
     tmp = Path(tmp_name)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs are ordinary files
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         # Re-check right before the rename: another process may have created it meanwhile.

@@ -92,6 +92,32 @@ def evaluate_cmd(
     raise typer.Exit(rc)
 
 
+@app.command("infer")
+def infer_cmd(
+    input_path: Path = typer.Argument(..., metavar="INPUT",
+                                      help="A NIfTI volume (.nii/.nii.gz) or a folder of them."),
+    out: Path | None = typer.Option(None, "-o", "--out", help="Output folder (default: next "
+                                    "to the input)."),
+    model: Path | None = typer.Option(None, "--model", help="ONNX model or TensorRT engine "
+                                      "(default: the model shipped with scar-net)."),
+    backend: str = typer.Option("auto", help="auto, tensorrt or onnxruntime."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    batch: int = typer.Option(8, help="Slices per inference batch (bounds memory)."),
+    force: bool = typer.Option(False, "--force", help="Replace existing outputs."),
+):
+    """Segment lumbar vertebral bodies and discs: labels, key-points, stats and a preview."""
+    from scar_runtime.infer import run_infer
+
+    summary = run_infer(input_path, out, model=model, backend=backend, device=device,
+                        batch=batch, force=force)
+    for path in summary.written:
+        typer.echo(str(path))
+    if summary.failed:
+        names = ", ".join(n for n, _ in summary.failed)
+        raise ScarError(f"{len(summary.failed)} of {len(summary.failed) + len(summary.done)} "
+                        f"case(s) failed: {names}")
+
+
 def _add_plugin(name: str, module: str, extra: str, help_text: str) -> None:
     @app.command(name, help=help_text, add_help_option=False,
                  context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

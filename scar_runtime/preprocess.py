@@ -182,11 +182,37 @@ def resample_labels(labels: np.ndarray, grid: SliceGrid) -> np.ndarray:
 def image_to_slices(volume: np.ndarray, in_spacing: tuple[float, float],
                     cfg: PreprocessConfig) -> tuple[np.ndarray, SliceGrid]:
     """Working-layout volume (rows, cols, slices) -> float32 network input (slices, 1, H, W)."""
-    res, grid = resample_image(volume, in_spacing, cfg)
+    grid, batches = iter_slice_batches(volume, in_spacing, cfg, batch=max(1, volume.shape[-1]))
+    return next(batches)[1], grid
+
+
+def iter_slice_batches(volume: np.ndarray, in_spacing: tuple[float, float],
+                       cfg: PreprocessConfig, batch: int):
+    """Like :func:`image_to_slices`, one batch of slices at a time, so peak memory does not grow
+    with the number of slices: yields ``(first_slice_index, (B, 1, H, W) float32)``.
+
+    Normalisation statistics are computed over the whole volume first, so every batch is
+    normalised exactly as :func:`image_to_slices` would.
+    """
+    if volume.ndim != 3:
+        raise InvalidImageError(f"expected a 3D volume, got shape {volume.shape}")
+    if batch < 1:
+        raise ValueError("batch must be >= 1")
+    grid = plan_grid(volume.shape[:2], in_spacing, cfg)
+    lo, hi, mean, std = intensity_stats(volume, cfg)
     # Pad with the darkest normalised value (what air looks like after clipping), not 0, which
     # after z-scoring is mid-grey tissue.
-    stack = _shift_copy(res, grid.offset, grid.out_shape, float(res.min()))
-    return np.ascontiguousarray(np.moveaxis(stack, 2, 0)[:, None]), grid
+    background = (lo - mean) / std
+
+    def gen():
+        for start in range(0, volume.shape[2], batch):
+            part = np.clip(volume[:, :, start:start + batch], lo, hi).astype(np.float32)
+            part = (part - np.float32(mean)) / np.float32(std)
+            res = _resample(part, grid.scale, grid.resampled_shape, order=1)
+            stack = _shift_copy(res, grid.offset, grid.out_shape, float(background))
+            yield start, np.ascontiguousarray(np.moveaxis(stack, 2, 0)[:, None])
+
+    return grid, gen()
 
 
 def labels_to_slices(labels: np.ndarray, grid: SliceGrid) -> np.ndarray:

@@ -1,0 +1,71 @@
+"""ONNX Runtime runner: the CPU default (threads = cores), CUDA when onnxruntime-gpu has it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from scar_runtime.backends.base import Runner
+from scar_runtime.errors import ConfigError, ModelError
+from scar_runtime.model_meta import INPUT_NAME, OUTPUT_NAMES, ModelMetadata
+
+
+class OnnxRuntimeRunner(Runner):
+    name = "onnxruntime"
+
+    def __init__(self, model: Path | str, *, device: str = "auto", threads: int | None = None):
+        super().__init__()
+        self.model = Path(model)
+        self.device = device
+        self.threads = threads
+        self.session = None
+        self.providers: list[str] = []
+
+    def activate(self) -> None:
+        import onnxruntime as ort
+
+        if not self.model.is_file():
+            raise ModelError(f"{self.model}: no such model file")
+        available = ort.get_available_providers()
+        if self.device == "cuda" and "CUDAExecutionProvider" not in available:
+            raise ConfigError("--device cuda: this ONNX Runtime has no CUDA provider "
+                              "(install onnxruntime-gpu)")
+        use_cuda = self.device in ("cuda", "auto") and "CUDAExecutionProvider" in available
+        providers = (["CUDAExecutionProvider"] if use_cuda else []) + ["CPUExecutionProvider"]
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = self.threads or os.cpu_count() or 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.log_severity_level = 3  # warnings from ORT are not the user's business
+        try:
+            self.session = ort.InferenceSession(str(self.model), sess_options=opts,
+                                                providers=providers)
+        except Exception as e:  # ORT raises its own types for non-ONNX / invalid files
+            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            raise ModelError(f"{self.model}: not a loadable ONNX model ({first})") from e
+        props = self.session.get_modelmeta().custom_metadata_map
+        self.metadata = ModelMetadata.from_props(props, where=str(self.model))
+        names_in = [i.name for i in self.session.get_inputs()]
+        names_out = [o.name for o in self.session.get_outputs()]
+        if names_in != [INPUT_NAME] or not set(OUTPUT_NAMES) <= set(names_out):
+            raise ModelError(f"{self.model}: inputs {names_in} / outputs {names_out} are not "
+                             f"those of a scar-net model")
+        self.providers = self.session.get_providers()
+        self.is_active = True
+
+    @property
+    def description(self) -> str:
+        dev = "cuda" if "CUDAExecutionProvider" in self.providers else "cpu"
+        return f"onnxruntime ({dev})"
+
+    def infer(self, image: np.ndarray) -> dict[str, np.ndarray]:
+        if self.session is None:
+            raise RuntimeError("call activate() first")
+        outs = self.session.run(list(OUTPUT_NAMES),
+                                {INPUT_NAME: np.ascontiguousarray(image, dtype=np.float32)})
+        return dict(zip(OUTPUT_NAMES, outs, strict=True))
+
+    def deactivate(self) -> None:
+        self.session = None
+        self.is_active = False

@@ -1,0 +1,158 @@
+"""The segmentation pipeline, as a Python API (the CLI is a thin shell over it).
+
+    from scar_runtime import Segmenter
+    result = Segmenter("scarnet_small.onnx").segment(nibabel_image)
+    result.to_nifti()          # uint8 labels in the input's exact geometry
+
+load + reorient -> per-batch preprocessing -> backend -> argmax on the network grid -> exact
+inverse to the input grid -> 3D post-processing with the network's key-points -> results.
+Peak memory is bounded by ``batch``: only one batch of network inputs/outputs exists at a time,
+plus one uint8 label slice stack.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from scar_runtime import labels as L
+from scar_runtime.backends import Runner, create_runner
+from scar_runtime.errors import ConfigError, InvalidImageError
+from scar_runtime.io import Volume, labels_to_image, load_volume, volume_from_image
+from scar_runtime.postprocess import PostprocessConfig, PostprocessReport, postprocess
+from scar_runtime.preprocess import iter_slice_batches, slices_to_labels
+
+DEFAULT_MODEL_NAME = "scarnet_small.onnx"
+
+
+def default_model_path() -> Path | None:
+    """The model shipped inside the package, if this version ships one."""
+    p = Path(str(resources.files("scar_runtime") / "models" / DEFAULT_MODEL_NAME))
+    return p if p.is_file() else None
+
+
+@dataclass
+class Keypoint:
+    name: str
+    voxel: list[float]  # in the INPUT file's voxel grid
+    world_mm: list[float]
+    confidence: float
+    slice_index: int  # working-layout sagittal slice it was read on
+
+
+@dataclass
+class SegmentationResult:
+    volume: Volume
+    labels: np.ndarray  # working layout, uint8 model classes
+    keypoints: list[Keypoint]
+    report: PostprocessReport = field(default_factory=PostprocessReport)
+    backend: str = ""
+
+    def to_nifti(self) -> nib.Nifti1Image:
+        return labels_to_image(self.labels, self.volume.source)
+
+    def stats(self) -> dict:
+        """Volume (mm^3), sagittal slices present and mean input intensity per structure."""
+        voxel_mm3 = float(np.prod(self.volume.spacing))
+        out = {}
+        for s in L.STRUCTURES:
+            m = self.labels == s.model_id
+            n = int(m.sum())
+            if n == 0:
+                out[s.name] = {"present": False}
+                continue
+            slices = np.nonzero(m.any(axis=(0, 1)))[0]
+            out[s.name] = {"present": True, "voxels": n, "volume_mm3": round(n * voxel_mm3, 1),
+                           "sagittal_slices": [int(slices.min()), int(slices.max())],
+                           "n_slices": int(len(slices)),
+                           "mean_intensity": float(self.volume.data[m].mean())}
+        return out
+
+
+class Segmenter:
+    def __init__(self, model: Path | str | None = None, *, backend: str = "auto",
+                 device: str = "auto", batch: int = 8, threads: int | None = None,
+                 postprocess_config: PostprocessConfig | None = None,
+                 use_postprocess: bool = True):
+        if model is None:
+            model = default_model_path()
+            if model is None:
+                raise ConfigError("no model ships with this version of scar-net: pass --model "
+                                  "MODEL.onnx (made with `scar export`)")
+        if batch < 1:
+            raise ConfigError("--batch must be >= 1")
+        self.model = Path(model)
+        self.batch = batch
+        self.runner: Runner = create_runner(self.model, backend=backend, device=device,
+                                            threads=threads)
+        self.runner.activate()  # fail now (bad model file) rather than on the first case
+        self.metadata = self.runner.metadata
+        self.post_cfg = postprocess_config or PostprocessConfig()
+        self.use_postprocess = use_postprocess
+
+    def close(self) -> None:
+        self.runner.deactivate()
+
+    def __enter__(self) -> Segmenter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def segment(self, image: nib.Nifti1Image | Volume | Path | str) -> SegmentationResult:
+        vol = self._as_volume(image)
+        cfg = self.metadata.preprocess
+        rows, cols = vol.shape[:2]
+        if min(rows * vol.spacing[0], cols * vol.spacing[1]) < 32:
+            raise InvalidImageError(f"{vol.name}: a sagittal slice of "
+                                    f"{rows * vol.spacing[0]:.0f} x {cols * vol.spacing[1]:.0f}"
+                                    " mm is too small to hold a lumbar spine")
+        grid, batches = iter_slice_batches(vol.data, vol.inplane_spacing, cfg, self.batch)
+        n = vol.shape[2]
+        pred = np.zeros((n,) + tuple(grid.out_shape), np.uint8)
+        kp_net = np.zeros((n, L.NUM_KEYPOINTS, 2), np.float32)
+        kp_conf = np.zeros((n, L.NUM_KEYPOINTS), np.float32)
+        for start, x in batches:
+            out = self.runner.infer(x)
+            stop = start + x.shape[0]
+            pred[start:stop] = out["probs"].argmax(1)
+            kp_net[start:stop] = out["keypoints"]
+            kp_conf[start:stop] = out["heatmaps"].reshape(x.shape[0], L.NUM_KEYPOINTS, -1).max(-1)
+        labels = slices_to_labels(pred, grid)
+        keypoints, kp_mm, conf = self._keypoints(vol, grid, kp_net, kp_conf)
+        report = PostprocessReport()
+        if self.use_postprocess:
+            labels, report = postprocess(labels, vol.spacing, kp_mm, conf, self.post_cfg)
+        return SegmentationResult(volume=vol, labels=labels, keypoints=keypoints, report=report,
+                                  backend=self.runner.description)
+
+    @staticmethod
+    def _as_volume(image) -> Volume:
+        if isinstance(image, Volume):
+            return image
+        if isinstance(image, str | Path):
+            return load_volume(image)
+        return volume_from_image(image)
+
+    @staticmethod
+    def _keypoints(vol: Volume, grid, kp_net, kp_conf):
+        """Each key-point is read on the sagittal slice where its heatmap peaks highest."""
+        out, mm, conf = [], {}, {}
+        to_src = np.linalg.inv(vol.source.affine)
+        for k, name in enumerate(L.KEYPOINT_NAMES):
+            s = int(kp_conf[:, k].argmax())
+            r, c = grid.to_input(kp_net[s, k])
+            work = np.array([r, c, s], dtype=np.float64)
+            world = vol.affine[:3, :3] @ work + vol.affine[:3, 3]
+            src = to_src[:3, :3] @ world + to_src[:3, 3]
+            confidence = float(np.clip(kp_conf[s, k], 0.0, 1.0))
+            out.append(Keypoint(name=name, voxel=[round(float(v), 2) for v in src],
+                                world_mm=[round(float(v), 2) for v in world],
+                                confidence=round(confidence, 3), slice_index=s))
+            mm[k] = work * np.array(vol.spacing)  # the frame postprocess() works in
+            conf[k] = confidence
+        return out, mm, conf
