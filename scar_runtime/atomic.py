@@ -90,6 +90,71 @@ def atomic_write(
     return path
 
 
+def _write_unnamed(folder: Path, data: bytes) -> int | None:
+    """An O_TMPFILE file holding ``data``: it has no name, so if the process dies (even by
+    SIGKILL) before it is linked, nothing is left behind. None where unsupported."""
+    flag = getattr(os, "O_TMPFILE", None)
+    if flag is None:
+        return None
+    try:
+        fd = os.open(folder, flag | os.O_WRONLY, 0o666 & ~_UMASK)
+    except OSError:
+        return None
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _link_fd(fd: int, path: Path) -> None:
+    """Give the unnamed file ``fd`` a name: linkat(/proc/self/fd/N, AT_SYMLINK_FOLLOW). Python
+    calls plain link() unless a dir_fd is passed, and link() would link the /proc symlink."""
+    proc = os.open("/proc/self/fd", os.O_RDONLY)
+    try:
+        os.link(str(fd), path, src_dir_fd=proc, follow_symlinks=True)
+    finally:
+        os.close(proc)
+
+
+def write_files_atomic(files: dict[Path, bytes], *, force: bool = False,
+                       inputs: Iterable[Path] = ()) -> list[Path]:
+    """Write several files as one step: every check first, all data next, then the renames.
+
+    With O_TMPFILE (Linux) the data lives in unnamed files until the very end, so a process killed
+    while writing leaves no file at all; each file then appears by link + rename, both atomic.
+    """
+    inputs = [Path(p) for p in inputs]
+    for path in files:
+        check_output_path(path, force=force, inputs=inputs)
+    staged: list[tuple[int | None, Path, bytes]] = []
+    done: list[Path] = []
+    try:
+        for path, data in files.items():
+            staged.append((_write_unnamed(path.parent, data), path, data))
+        for fd, path, data in staged:
+            if fd is None:  # no O_TMPFILE: classic named temp file
+                atomic_write_bytes(path, data, force=True)
+            else:
+                tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
+                with contextlib.suppress(FileNotFoundError):
+                    tmp.unlink()
+                _link_fd(fd, tmp)
+                os.replace(tmp, path)
+            done.append(path)
+    except OSError as e:
+        raise OutputError(f"cannot write {path}: {e.strerror or e}") from e
+    finally:
+        for fd, _, _ in staged:
+            if fd is not None:
+                os.close(fd)
+    return done
+
+
 def atomic_write_bytes(path: Path | str, data: bytes, **kw) -> Path:
     return atomic_write(path, lambda tmp: tmp.write_bytes(data), **kw)
 

@@ -1,29 +1,27 @@
 """Writing one case's results: segmentation, key-points, stats, preview, label map.
 
-All files of a case are first written to temp files in OUT_DIR, then renamed into place, so a
-failure (or SIGKILL) never leaves a partial file, and a case that fails before the renames leaves
-nothing at all.
+All files of a case are rendered in memory, then written with ``atomic.write_files_atomic``
+(unnamed temp files, then link + rename), so a failure or a SIGKILL never leaves a partial file,
+and a case that fails before the renames leaves nothing at all.
 """
 
 from __future__ import annotations
 
 import contextlib
+import gzip
+import io
 import json
 import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 import nibabel as nib
 
 from scar_runtime import __version__
 from scar_runtime import labels as L
-from scar_runtime.atomic import _UMASK, check_output_path
+from scar_runtime.atomic import write_files_atomic
 from scar_runtime.errors import OutputError
 from scar_runtime.io import nifti_stem
 from scar_runtime.segmenter import SegmentationResult
-
-_FILE_MODE = 0o666 & ~_UMASK
 
 
 def output_paths(out_dir: Path, name: str) -> dict[str, Path]:
@@ -45,36 +43,19 @@ def check_out_dir(out_dir: Path) -> None:
         raise OutputError(f"output folder {out_dir} is not writable")
 
 
-def write_all(files: dict[Path, Callable[[Path], None]], *, force: bool,
-              inputs: tuple[Path, ...]) -> list[Path]:
-    """Write several files as one step: all temp files first, then the renames."""
-    for path in files:
-        check_output_path(path, force=force, inputs=inputs)
-    temps: list[tuple[Path, Path]] = []
-    try:
-        for path, write in files.items():
-            suffix = ".nii.gz" if path.name.endswith(".nii.gz") else path.suffix
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
-            os.close(fd)
-            temps.append((Path(tmp), path))
-            write(Path(tmp))
-            os.chmod(tmp, _FILE_MODE)  # mkstemp makes 0600; results are ordinary files
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
-        for tmp, path in temps:
-            os.replace(tmp, path)
-    except OSError as e:
-        raise OutputError(f"cannot write results in {next(iter(files)).parent}: "
-                          f"{e.strerror or e}") from e
-    finally:
-        for tmp, _ in temps:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-    return list(files)
+def _json_bytes(doc) -> bytes:
+    return json.dumps(doc, indent=1).encode("utf-8")
 
 
-def _json_writer(doc) -> Callable[[Path], None]:
-    return lambda p: p.write_text(json.dumps(doc, indent=1), encoding="utf-8")
+def nifti_gz_bytes(img: nib.Nifti1Image) -> bytes:
+    # mtime=0: the same result gives the same bytes
+    return gzip.compress(img.to_bytes(), compresslevel=6, mtime=0)
+
+
+def png_bytes(image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def keypoints_doc(result: SegmentationResult) -> dict:
@@ -97,14 +78,14 @@ def write_case(result: SegmentationResult, out_dir: Path, *, name: str | None = 
     src = result.volume.path
     name = name or (nifti_stem(src) if src else "volume")
     paths = output_paths(out_dir, name)
-    img = result.to_nifti()
+    # everything is rendered in memory first: nothing touches OUT_DIR until all of it exists
     files = {
-        paths["seg"]: lambda p: nib.save(img, str(p)),
-        paths["keypoints"]: _json_writer(keypoints_doc(result)),
-        paths["stats"]: _json_writer(stats_doc(result, src)),
-        paths["preview"]: lambda p: render_preview(result).save(p, format="PNG"),
+        paths["seg"]: nifti_gz_bytes(result.to_nifti()),
+        paths["keypoints"]: _json_bytes(keypoints_doc(result)),
+        paths["stats"]: _json_bytes(stats_doc(result, src)),
+        paths["preview"]: png_bytes(render_preview(result)),
     }
-    written = write_all(files, force=force, inputs=(src,) if src else ())
+    written = write_files_atomic(files, force=force, inputs=(src,) if src else ())
     written += write_label_map(out_dir)
     return written
 
@@ -118,5 +99,5 @@ def write_label_map(out_dir: Path) -> list[Path]:
         with contextlib.suppress(OSError, ValueError):
             if json.loads(path.read_text()) == doc:
                 return []
-    write_all({path: lambda p: p.write_text(text, encoding="utf-8")}, force=True, inputs=())
+    write_files_atomic({path: text.encode("utf-8")}, force=True)
     return [path]

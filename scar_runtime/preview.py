@@ -9,9 +9,12 @@ from scar_runtime import labels as L
 
 
 def pick_slice(labels: np.ndarray) -> int:
-    """The sagittal slice with the most labelled voxels, or the middle one if nothing is."""
-    area = (labels > 0).sum(axis=(0, 1))
-    return int(area.argmax()) if area.any() else labels.shape[2] // 2
+    """The mid-sagittal slice of the spine: the centre of the labelled voxels along the slice
+    axis (the middle slice when nothing is labelled)."""
+    area = (labels > 0).sum(axis=(0, 1)).astype(np.float64)
+    if not area.any():
+        return labels.shape[2] // 2
+    return int(round(float((area * np.arange(len(area))).sum() / area.sum())))
 
 
 def render_preview(result, *, alpha: float = 0.45, max_px: int = 768) -> Image.Image:
