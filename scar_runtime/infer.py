@@ -53,13 +53,16 @@ def run_infer(input_path: Path, out_dir: Path | None = None, *, model: Path | No
         out_dir = input_path if input_path.is_dir() else input_path.parent
     out_dir = Path(out_dir)
     check_out_dir(out_dir)
-    if len(inputs) == 1:  # a single case: refuse an existing output before any slow work
+    first = None
+    if len(inputs) == 1:  # a single case: fail on bad input or outputs before loading a model
         for p in output_paths(out_dir, nifti_stem(inputs[0])).values():
             check_output_path(p, force=force, inputs=inputs)
+        first = load_volume(inputs[0])
     summary = InferSummary()
     with Segmenter(model, backend=backend, device=device, batch=batch) as seg:
-        console.print(f"model {seg.model.name} on {seg.runner.description}", highlight=False,
-                      soft_wrap=True)
+        if len(inputs) > 1:
+            console.print(f"model {seg.model.name} on {seg.runner.description}",
+                          highlight=False, soft_wrap=True)
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
         with Progress("[bold]segment", BarColumn(), MofNCompleteColumn(),
@@ -72,7 +75,7 @@ def run_infer(input_path: Path, out_dir: Path | None = None, *, model: Path | No
                 try:
                     for p in output_paths(out_dir, name).values():
                         check_output_path(p, force=force, inputs=inputs)
-                    result = seg.segment(load_volume(path))
+                    result = seg.segment(first if first is not None else load_volume(path))
                     summary.written += write_case(result, out_dir, name=name, force=force)
                     summary.done.append(name)
                     for line in result.report.corrections + result.report.order_warnings:

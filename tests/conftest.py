@@ -136,3 +136,20 @@ def write_mini_index(folder: Path) -> Path:
 @pytest.fixture
 def mini_index(tmp_path) -> Path:
     return write_mini_index(tmp_path / "data")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> dict:
+    """A real (2-step) SCAR-Net trained on the mini index and exported with `scar export`:
+    weights are poor, but every code path (checkpoint, ONNX, metadata) is the real one."""
+    d = tmp_path_factory.mktemp("tiny_model")
+    index = write_mini_index(d / "data")
+    run = d / "run"
+    p = run_scar("train", "--data", index, "--out", run, "--max-steps", "2", "--batch", "2",
+                 "--crop", "64", "--val-every", "100", "--steps-per-epoch", "2", "--epochs", "1",
+                 env={"OMP_NUM_THREADS": "1"})
+    assert p.returncode == 0, p.stderr[-2000:]
+    onnx_path = d / "tiny.onnx"
+    p = run_scar("export", run / "last.pt", "-o", onnx_path, timeout=900)
+    assert p.returncode == 0, p.stderr[-2000:]
+    return {"onnx": onnx_path, "checkpoint": run / "last.pt", "index": index}

@@ -82,7 +82,10 @@ def test_evaluate_image_is_not_labels():
 def test_import_does_not_pull_torch():
     code = ("import sys, scar_runtime, scar_runtime.cli, scar_runtime.io, scar_runtime.metrics, "
             "scar_runtime.preprocess, scar_runtime.dataset, scar_runtime.evaluate, "
-            "scar_runtime.report; "
+            "scar_runtime.report, scar_runtime.segmenter, scar_runtime.infer, "
+            "scar_runtime.outputs, scar_runtime.preview, scar_runtime.postprocess, "
+            "scar_runtime.backends.onnxruntime, scar_runtime.backends.tensorrt; "
+            "from scar_runtime import Segmenter; "
             "bad = [m for m in sys.modules if m.split('.')[0] in "
             "('torch', 'scar_train', 'scar_export')]; print(bad); assert not bad")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
