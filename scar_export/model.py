@@ -22,7 +22,6 @@ matrix ((H/4*W/4) x (H/16*W/16) per head) is the largest tensor of the model.
 from __future__ import annotations
 
 import copy
-import math
 from pathlib import Path
 
 import torch
@@ -139,18 +138,3 @@ def export_module(model: ScarNet, *, fp16: bool = False, custom_ops: bool = Fals
 def reference_module(model: ScarNet) -> ExportWrapper:
     """The FP32 PyTorch model every export is compared with."""
     return export_module(model)
-
-
-def input_multiple() -> int:
-    from scar_train.model.sizes import OUTPUT_STRIDE
-
-    return OUTPUT_STRIDE
-
-
-def min_input_size() -> int:
-    """Smallest H/W the export supports (two output-stride cells)."""
-    return 2 * input_multiple()
-
-
-def is_multiple(n: int) -> bool:
-    return n % input_multiple() == 0 and n >= min_input_size() and math.isfinite(n)

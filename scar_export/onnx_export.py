@@ -14,13 +14,15 @@ import contextlib
 import io
 import logging
 import warnings
+from typing import TYPE_CHECKING
 
 import onnx
-import torch
-from torch import nn
 
 from scar_runtime.errors import ModelError
 from scar_runtime.model_meta import INPUT_NAME, OUTPUT_NAMES, ModelMetadata
+
+if TYPE_CHECKING:
+    from torch import nn
 
 DEFAULT_OPSET = 18
 MIN_OPSET = 18  # ReduceMax with axes as an input (function bodies), Resize/Pad forms used here
@@ -48,6 +50,7 @@ def _quiet():
 def export_onnx(module: nn.Module, *, opset: int = DEFAULT_OPSET,
                 custom_ops: bool = False) -> onnx.ModelProto:
     """Export ``module`` (an :class:`~scar_export.model.ExportWrapper`) to a ModelProto."""
+    import torch
     from torch.export import Dim
 
     if not MIN_OPSET <= opset <= MAX_OPSET:

@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from scar_runtime import labels as L
 from scar_runtime.errors import ScarError
@@ -173,9 +172,11 @@ def _dice(stats: dict[int, np.ndarray]) -> dict[int, float]:
     return {c: float(2 * i / (p + g)) for c, (i, p, g) in stats.items() if p + g > 0}
 
 
-def run_parity(onnx_path: Path, reference: torch.nn.Module, ckpt: dict, *, precision: str,
+def run_parity(onnx_path: Path, reference, ckpt: dict, *, precision: str,
                slices: list[ParitySlice] | None = None, data_info: dict | None = None) -> dict:
-    """Compare the ONNX model at ``onnx_path`` with ``reference`` (FP32 PyTorch)."""
+    """Compare the ONNX model at ``onnx_path`` with ``reference`` (FP32 PyTorch module)."""
+    import torch
+
     t0 = time.time()
     if slices is None:
         slices, data_info = parity_slices(ckpt)

@@ -102,7 +102,8 @@ def infer_cmd(
                                       "(default: the model shipped with scar-net)."),
     backend: str = typer.Option("auto", help="auto, tensorrt or onnxruntime."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
-    batch: int = typer.Option(8, help="Slices per inference batch (bounds memory)."),
+    batch: int = typer.Option(4, help="Slices per inference batch: memory grows ~0.5 GB per "
+                              "slice at 384x384 (see docs/performance.md)."),
     force: bool = typer.Option(False, "--force", help="Replace existing outputs."),
 ):
     """Segment lumbar vertebral bodies and discs: labels, key-points, stats and a preview."""

@@ -44,7 +44,7 @@ def find_inputs(path: Path) -> list[Path]:
 
 
 def run_infer(input_path: Path, out_dir: Path | None = None, *, model: Path | None = None,
-              backend: str = "auto", device: str = "auto", batch: int = 8,
+              backend: str = "auto", device: str = "auto", batch: int = 4,
               force: bool = False, console: Console | None = None) -> InferSummary:
     console = console or Console(stderr=True)
     input_path = Path(input_path)

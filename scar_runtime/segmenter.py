@@ -75,7 +75,7 @@ class SegmentationResult:
 
 class Segmenter:
     def __init__(self, model: Path | str | None = None, *, backend: str = "auto",
-                 device: str = "auto", batch: int = 8, threads: int | None = None,
+                 device: str = "auto", batch: int = 4, threads: int | None = None,
                  postprocess_config: PostprocessConfig | None = None,
                  use_postprocess: bool = True):
         if model is None:

@@ -1,0 +1,530 @@
+"""`scar export`: plain / custom-op / FP16 ONNX on real val slices, graph structure, plugins,
+engine guards and one-line errors.
+
+One tiny real training run (2 steps) makes the checkpoint; each export runs once per module
+(~20-40 s each on one CPU thread) and every test reuses it. A 2-step model is nearly uniform
+(logits within +-0.05) and its MCCA gammas are ~0, so parity on it would prove little: the
+fixture sets the gammas to 1 and scales the classifier and heatmap head, so that every path
+(the attentions, the dynamic conv, the soft-argmax) changes the outputs and the probabilities
+are decisive. That is still a real trained checkpoint with real BN statistics.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from conftest import REPO, assert_one_line_error, run_scar, write_mini_index
+
+from scar_export import custom_ops as C
+from scar_export import parity as P
+from scar_export.model import Fp32Island, export_module, load_model
+from scar_export.plugins import descriptors as D
+from scar_export.plugins import kernels as K
+from scar_export.reference_ops import REFERENCE_OPS
+from scar_export.reference_ops import ChannelAttention as RefChannelAttention
+from scar_runtime.dataset import read_index
+from scar_runtime.model_meta import ModelMetadata
+from scar_runtime.preprocess import PreprocessConfig, image_to_slices
+from scar_train.model import ScarNetConfig, build_model
+from scar_train.model.at import dynamic_depthwise_conv, modulated_attention
+from scar_train.model.mcca import ChannelAttention, channel_attention, position_attention
+
+ENV = {"OMP_NUM_THREADS": "1"}  # the exports and ORT sessions use one core
+SIZES = [(256, 256), (320, 192), (384, 384)]
+
+
+def _has_tensorrt() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("tensorrt") is not None
+
+
+def _has_gpu() -> bool:
+    from scar_export.engine import gpu_info
+
+    return gpu_info() is not None
+
+
+needs_trt = pytest.mark.skipif(not _has_tensorrt(), reason="TensorRT is not installed (it "
+                               "comes from NVIDIA's package index, unreachable here)")
+needs_trt_gpu = pytest.mark.skipif(not (_has_tensorrt() and _has_gpu()),
+                                   reason="needs TensorRT and a CUDA GPU")
+
+
+# --- fixtures: one checkpoint, one export of each kind ---------------------------------------
+
+def _amplify(src: Path, dst: Path) -> Path:
+    doc = torch.load(src, map_location="cpu", weights_only=True)
+    w = doc["model"]
+    for g in ("mcca.gamma1", "mcca.gamma2", "mcca.gamma3"):
+        w[g] = torch.ones_like(w[g])
+    for k in ("decoder.classifier.weight", "decoder.classifier.bias"):
+        w[k] = w[k] * 60
+    for k in ("heatmap_head.out.weight", "heatmap_head.out.bias"):
+        w[k] = w[k] * 10
+    torch.save(doc, dst)
+    return dst
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("export")
+
+
+@pytest.fixture(scope="module")
+def ckpt(work) -> Path:
+    index = write_mini_index(work / "data")
+    run = work / "run"
+    p = run_scar("train", "--data", index, "--out", run, "--max-steps", "2", "--steps-per-epoch",
+                 "2", "--epochs", "1", "--batch", "2", "--crop", "64", "--val-every", "100",
+                 "--threads", "1", env=ENV)
+    assert p.returncode == 0, p.stderr[-2000:]
+    return _amplify(run / "last.pt", work / "model.pt")
+
+
+def _export(ckpt: Path, out: Path, *flags: str) -> Path:
+    p = run_scar("export", ckpt, "-o", out, *flags, env=ENV, timeout=600)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
+    assert "parity" in p.stdout and p.stderr.strip() == ""
+    return out
+
+
+@pytest.fixture(scope="module")
+def plain(ckpt, work) -> Path:
+    return _export(ckpt, work / "plain.onnx")
+
+
+@pytest.fixture(scope="module")
+def custom(ckpt, work) -> Path:
+    out = work / "custom.onnx"
+    out.write_text("an old file that --force replaces")
+    return _export(ckpt, out, "--custom-ops", "--force")
+
+
+@pytest.fixture(scope="module")
+def fp16(ckpt, work) -> Path:
+    return _export(ckpt, work / "fp16.onnx", "--fp16")
+
+
+def _parity(model: Path) -> dict:
+    return json.loads(P.parity_path(model).read_text())
+
+
+def _session(path: Path) -> ort.InferenceSession:
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def _val_slices(ckpt: Path) -> np.ndarray:
+    """Four central slices of the checkpoint's val case, preprocessed (independent of parity)."""
+    doc = torch.load(ckpt, map_location="cpu", weights_only=True)
+    extra = json.loads(doc["extra"])
+    case = next(c for c in read_index(extra["data_index"]) if c.id in extra["val_cases"])
+    vol = case.load_image()
+    x, _ = image_to_slices(vol.data, vol.inplane_spacing,
+                           PreprocessConfig.from_dict(json.loads(doc["preprocess"])))
+    mid = x.shape[0] // 2
+    return x[[mid - 3, mid - 1, mid + 1, mid + 3], 0]
+
+
+def _crop_pad(a: np.ndarray, h: int, w: int) -> np.ndarray:
+    out = np.full((h, w), a.min(), np.float32)
+    sh, sw = min(h, a.shape[0]), min(w, a.shape[1])
+    a0, a1 = (a.shape[0] - sh) // 2, (a.shape[1] - sw) // 2
+    o0, o1 = (h - sh) // 2, (w - sw) // 2
+    out[o0:o0 + sh, o1:o1 + sw] = a[a0:a0 + sh, a1:a1 + sw]
+    return out
+
+
+def _torch_model(ckpt: Path):
+    doc = torch.load(ckpt, map_location="cpu", weights_only=True)
+    model = build_model(ScarNetConfig.from_dict(json.loads(doc["model_config"])))
+    model.load_state_dict(doc["model"])
+    return model.eval()
+
+
+# --- plain FP32 --------------------------------------------------------------------------------
+
+def test_plain_onnx_matches_pytorch_on_real_val_slices(plain, ckpt):
+    rep = _parity(plain)
+    assert rep["passed"] and rep["precision"] == "fp32" and rep["data"]["source"] == "val"
+    assert rep["max_abs_diff"] <= 1e-3 and rep["label_agreement"] >= 0.999
+    assert len({tuple(s) for s in rep["sizes"]}) >= 3 and set(rep["batches"]) == {1, 4}
+    assert {(r["height"], r["width"]) for r in rep["runs"]} == {tuple(s) for s in rep["sizes"]}
+    assert {r["batch"] for r in rep["runs"]} == {1, 4}
+    assert all(r["max_abs_diff"] <= 1e-3 for r in rep["runs"])
+    for key in ("heatmaps_max_abs_diff", "keypoints_max_abs_diff", "label_agreement"):
+        assert key in rep
+    assert rep["data"]["val_cases"] == ["ivdval/25"] and rep["data"]["data_index_sha256_matches"]
+
+    # independently: our own slices, crops, PyTorch forward and ORT session
+    model, sess, slices = _torch_model(ckpt), _session(plain), _val_slices(ckpt)
+    worst, agree, total = 0.0, 0, 0
+    for h, w in SIZES:
+        x = np.stack([_crop_pad(s, h, w) for s in slices])[:, None]
+        for batch in (1, 4):
+            for i in range(0, len(x), batch):
+                xb = x[i:i + batch]
+                probs, heat, kps = sess.run(None, {"image": xb})
+                assert probs.shape == (len(xb), 11, h, w) and kps.shape == (len(xb), 10, 2)
+                assert heat.shape == (len(xb), 10, h // 4, w // 4)
+                with torch.no_grad():
+                    out = model(torch.from_numpy(xb))
+                ref = torch.softmax(out.logits, 1).numpy()
+                worst = max(worst, float(np.abs(probs - ref).max()))
+                assert np.abs(heat - out.heatmaps.numpy()).max() <= 1e-3
+                assert np.abs(kps - out.keypoints.numpy()).max() <= 1e-2  # pixels
+                agree += int((probs.argmax(1) == ref.argmax(1)).sum())
+                total += ref.shape[0] * h * w
+    assert worst <= 1e-3 and agree / total >= 0.999
+    assert ref.max(1).mean() > 0.5  # decisive probabilities: the check is not vacuous
+
+
+def test_plain_graph_is_standard_self_contained_and_carries_metadata(plain, ckpt):
+    m = onnx.load(str(plain))
+    onnx.checker.check_model(m)
+    assert {n.domain for n in m.graph.node} <= {"", "ai.onnx"} and not m.functions
+    assert m.ir_version <= 10
+    assert not any(t.data_location == onnx.TensorProto.EXTERNAL for t in m.graph.initializer)
+    assert not list(plain.parent.glob(plain.name + ".data"))
+    dims = m.graph.input[0].type.tensor_type.shape.dim
+    assert [d.HasField("dim_param") for d in dims] == [True, False, True, True]
+    assert [o.name for o in m.graph.output] == ["probs", "heatmaps", "keypoints"]
+    meta = ModelMetadata.from_props(_session(plain).get_modelmeta().custom_metadata_map)
+    doc = torch.load(ckpt, map_location="cpu", weights_only=True)
+    assert meta.precision == "fp32" and meta.custom_ops is False
+    assert meta.data_index_sha256 == doc["data_index_sha256"] != ""
+    assert meta.training["step"] == 2 and meta.training["val_cases"] == ["ivdval/25"]
+    assert meta.model_config == json.loads(doc["model_config"])
+    assert meta.preprocess.to_dict() == json.loads(doc["preprocess"])
+
+
+# --- custom ops --------------------------------------------------------------------------------
+
+def test_custom_op_graph_structure(custom):
+    m = onnx.load(str(custom))
+    onnx.checker.check_model(m)
+    nodes = [n for n in m.graph.node if n.domain == "scar"]
+    types = sorted(n.op_type for n in nodes)
+    assert types == sorted(["PositionAttention", "PositionAttention", "ChannelAttention",
+                            "DynamicDepthwiseConv", "ModulatedAttention"])
+    attrs = {n.op_type: {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
+             for n in nodes}
+    assert all(a["plugin_namespace"] == b"scar" for a in attrs.values())
+    assert attrs["DynamicDepthwiseConv"]["kernel_size"] == 7
+    assert attrs["ModulatedAttention"]["eps"] == pytest.approx(1e-3)
+    assert [len(n.input) for n in nodes if n.op_type == "ModulatedAttention"] == [4]
+    funcs = {(f.domain, f.name): f for f in m.functions}
+    assert set(funcs) == {("scar", t) for t in set(types)}
+    for f in funcs.values():  # bodies are plain ONNX ops
+        assert {n.domain for n in f.node} <= {""}
+        assert set(f.attribute) >= {"plugin_namespace"}
+    assert any(o.domain == "scar" and o.version == 1 for o in m.opset_import)
+    assert all(n.domain in ("", "scar") for n in m.graph.node)
+    assert m.ir_version <= 10
+    rep = _parity(custom)
+    assert rep["passed"] and rep["max_abs_diff"] <= 1e-3 and rep["label_agreement"] >= 0.999
+    meta = ModelMetadata.from_props(_session(custom).get_modelmeta().custom_metadata_map)
+    assert meta.custom_ops is True
+
+
+class _ZeroChannelAttention(RefChannelAttention):
+    def _run(self, x, plugin_namespace=None):
+        return (np.zeros_like(x),)
+
+
+def test_custom_op_model_runs_in_ort_and_reference_evaluator(custom, plain, ckpt):
+    from onnx.reference import ReferenceEvaluator
+
+    x = _crop_pad(_val_slices(ckpt)[1], 64, 64)[None, None]
+    want = _session(plain).run(None, {"image": x})
+    got_ort = _session(custom).run(None, {"image": x})
+    m = onnx.load(str(custom))
+    got_ref = ReferenceEvaluator(m, new_ops=REFERENCE_OPS).run(None, {"image": x})
+    for got in (got_ort, got_ref):
+        np.testing.assert_allclose(got[0], want[0], atol=1e-4, rtol=0)  # probs
+        np.testing.assert_allclose(got[1], want[1], atol=1e-4, rtol=0)  # heatmaps
+        np.testing.assert_allclose(got[2], want[2], atol=1e-4 * 64, rtol=0)  # pixels
+    # the scar nodes are on the path: a wrong ChannelAttention changes the result
+    ops = [_ZeroChannelAttention if o is RefChannelAttention else o for o in REFERENCE_OPS]
+    wrong = ReferenceEvaluator(m, new_ops=ops).run(None, {"image": x})
+    assert np.abs(wrong[0] - want[0]).max() > 1e-3
+
+
+def _one_node_model(op_type: str, inputs: dict, dtype: int, **attrs) -> onnx.ModelProto:
+    from onnx import helper
+
+    node = helper.make_node(op_type, list(inputs), ["y"], domain="scar",
+                            plugin_namespace="scar", **attrs)
+    vi = [helper.make_tensor_value_info(k, dtype, None) for k in inputs]
+    graph = helper.make_graph([node], "g", vi, [helper.make_tensor_value_info("y", dtype, None)])
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18),
+                                                helper.make_opsetid("scar", 1)], ir_version=10)
+    m.functions.append(C.function_proto(op_type, 18, kernel_size=attrs.get("kernel_size", 7)))
+    return m
+
+
+@pytest.mark.parametrize("batch,h,w", [(1, 4, 6), (3, 8, 5)])
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_function_bodies_and_reference_ops_match_the_model(batch, h, w, dtype):
+    """Each scar function body (ORT) and numpy reference op == the model's torch function."""
+    from onnx.reference import ReferenceEvaluator
+
+    rng = np.random.default_rng(batch)
+    f = {"float32": onnx.TensorProto.FLOAT, "float16": onnx.TensorProto.FLOAT16}[dtype]
+    r = lambda *s: rng.standard_normal(s).astype(np.float32)  # noqa: E731
+    lq = h * w
+    cases = [
+        ("PositionAttention", {"query": r(batch, 2, h, w), "key": r(batch, 2, h, w),
+                               "value": r(batch, 5, h, w)}, {}, position_attention),
+        ("ChannelAttention", {"x": r(batch, 6, h, w)}, {}, channel_attention),
+        ("DynamicDepthwiseConv", {"x": r(batch, 4, h, w), "kernel": r(batch, 4, 3, 3)},
+         {"kernel_size": 3}, dynamic_depthwise_conv),
+        ("ModulatedAttention", {"query": r(batch, 2, lq, 4), "key": r(batch, 2, 6, 4),
+                                "value": r(batch, 2, 6, 3),
+                                "key_weights": rng.uniform(0, 1, (batch, 6)).astype(np.float32)},
+         {"eps": 1e-3}, lambda *a: modulated_attention(*a, 1e-3)),
+    ]
+    tol = 1e-4 if dtype == "float32" else 2e-2
+    for op_type, inputs, attrs, fn in cases:
+        inputs = {k: v.astype(dtype) for k, v in inputs.items()}
+        want = fn(*(torch.from_numpy(v.astype(np.float32)) for v in inputs.values())).numpy()
+        m = _one_node_model(op_type, inputs, f, **attrs)
+        got = _session_bytes(m).run(None, inputs)[0]
+        ref = ReferenceEvaluator(m, new_ops=REFERENCE_OPS).run(None, inputs)[0]
+        assert got.dtype == np.dtype(dtype) and ref.dtype == np.dtype(dtype)
+        np.testing.assert_allclose(got.astype(np.float32), want, atol=tol, rtol=tol,
+                                   err_msg=op_type)
+        np.testing.assert_allclose(ref.astype(np.float32), want, atol=tol, rtol=tol,
+                                   err_msg=op_type)
+
+
+def _session_bytes(m: onnx.ModelProto) -> ort.InferenceSession:
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    return ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
+# --- FP16 --------------------------------------------------------------------------------------
+
+def test_fp16_onnx_parity_and_precision(fp16, ckpt):
+    rep = _parity(fp16)
+    assert rep["passed"] and rep["precision"] == "fp16" and rep["finite"]
+    assert all(r["finite"] for r in rep["runs"])
+    assert rep["label_agreement"] >= 0.995
+    assert rep["dice_difference"] <= 0.5 and rep["dice_reference"] == "reference masks"
+    m = onnx.load(str(fp16))
+    kinds = [t.data_type for t in m.graph.initializer if len(t.dims) and np.prod(t.dims) > 16]
+    assert kinds.count(onnx.TensorProto.FLOAT16) / len(kinds) > 0.9  # FP16 weights
+    for vi in [*m.graph.input, *m.graph.output]:
+        assert vi.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    sess = _session(fp16)
+    assert ModelMetadata.from_props(sess.get_modelmeta().custom_metadata_map).precision == "fp16"
+    # independently: finite on every slice at every size
+    for h, w in SIZES:
+        x = np.stack([_crop_pad(s, h, w) for s in _val_slices(ckpt)])[:, None]
+        assert all(np.isfinite(o).all() for o in sess.run(None, {"image": x}))
+
+
+def test_fp16_islands_keep_channel_attention_finite():
+    model = build_model(ScarNetConfig.from_size("small")).eval()
+    net = export_module(model, fp16=True).net
+    assert isinstance(net.mcca.channel, Fp32Island) and isinstance(net.soft_argmax, Fp32Island)
+    assert isinstance(net.mcca.inter.attention, Fp32Island)
+    assert net.decoder.classifier.weight.dtype == torch.float16
+    # the energy X X^T of a 16x16 map with values ~20 is ~1e5 > 65504: FP16 alone gives NaN
+    x = (torch.rand(1, 8, 16, 16) * 20 + 5).half()
+    assert not torch.isfinite(channel_attention(x)).all()
+    out = Fp32Island(ChannelAttention())(x)
+    assert out.dtype == torch.float16 and torch.isfinite(out).all()
+
+
+# --- plugins and engine (TensorRT parts skip where it is absent) --------------------------------
+
+def test_importing_scar_export_never_imports_tensorrt():
+    code = ("import sys, scar_export, scar_export.plugins, scar_export.engine, scar_export.api, "
+            "scar_export.cli; assert 'tensorrt' not in sys.modules; assert 'torch' not in "
+            "sys.modules, 'torch imported'")
+    p = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+
+
+class _Desc:
+    """Stand-in for tensorrt.plugin.TensorDesc: like(), shape_expr, dtype, ndim."""
+
+    def __init__(self, shape, dtype="float16"):
+        self.shape_expr, self.dtype, self.ndim = list(shape), dtype, len(shape)
+
+    def like(self):
+        return _Desc(self.shape_expr, self.dtype)
+
+
+def test_plugin_shape_descriptors():
+    q, v = _Desc(["N", 16, "h", "w"]), _Desc(["N", 128, "h", "w"])
+    out = D.position_attention(q, q, v)
+    assert out.shape_expr == ["N", 128, "h", "w"] and out is not v
+    assert D.channel_attention(_Desc(["N", 128, "h", "w"], "float32")).dtype == "float32"
+    x, k = _Desc(["N", 128, "h", "w"]), _Desc(["N", 128, 7, 7])
+    assert D.dynamic_depthwise_conv(x, k, 7).shape_expr == ["N", 128, "h", "w"]
+    with pytest.raises(ValueError, match="odd"):
+        D.dynamic_depthwise_conv(x, k, 6)
+    mq, mk, mv = _Desc(["N", 2, "Lq", 16]), _Desc(["N", 2, "Lk", 16]), _Desc(["N", 2, "Lk", 32])
+    out = D.modulated_attention(mq, mk, mv, _Desc(["N", "Lk"]), 1e-3)
+    assert out.shape_expr == ["N", 2, "Lq", 32] and out.dtype == "float16"
+    with pytest.raises(ValueError, match="rank"):
+        D.modulated_attention(mq, mk, mv, _Desc(["N", 1, "Lk"]), 1e-3)
+    assert set(D.DESCRIPTORS) == set(C.OP_TYPES)
+
+
+def test_plugin_kernels_match_the_model_on_cpu():
+    """What the JIT plugins compute (torch; on CUDA in TensorRT) == the model's functions."""
+    torch.manual_seed(0)
+    q, k, v = torch.randn(3, 4, 6, 5), torch.randn(3, 4, 6, 5), torch.randn(3, 9, 6, 5)
+    torch.testing.assert_close(K.position_attention(q, k, v), position_attention(q, k, v))
+    x = torch.randn(3, 9, 6, 5)
+    torch.testing.assert_close(K.channel_attention(x), channel_attention(x))
+    big = (torch.rand(1, 8, 16, 16) * 20 + 5).half()
+    assert K.channel_attention(big).dtype == torch.float16
+    assert torch.isfinite(K.channel_attention(big)).all()
+    kern = torch.randn(3, 9, 7, 7)
+    torch.testing.assert_close(K.dynamic_depthwise_conv(x, kern),
+                               dynamic_depthwise_conv(x, kern), atol=1e-5, rtol=1e-5)
+    mq, mk, mv = torch.randn(2, 2, 30, 8), torch.randn(2, 2, 6, 8), torch.randn(2, 2, 6, 4)
+    wts = torch.rand(2, 6)
+    torch.testing.assert_close(K.modulated_attention(mq, mk, mv, wts, 1e-3),
+                               modulated_attention(mq, mk, mv, wts, 1e-3))
+
+
+@pytest.mark.skipif(_has_tensorrt(), reason="TensorRT is installed: the error path is not reached")
+def test_register_plugins_without_tensorrt_says_so():
+    from scar_export.plugins import register_plugins
+    from scar_runtime.errors import ModelError
+
+    with pytest.raises(ModelError, match="TensorRT"):
+        register_plugins()
+
+
+@needs_trt
+def test_register_plugins_with_tensorrt():
+    import tensorrt as trt
+
+    from scar_export.plugins import register_plugins
+
+    ids = register_plugins()
+    assert ids == [f"scar::{n}" for n in C.OP_TYPES] and register_plugins() == ids
+    for name in C.OP_TYPES:
+        assert trt.get_plugin_registry().get_creator(name, "1", "scar") is not None
+
+
+@needs_trt_gpu
+@pytest.mark.gpu
+def test_engine_build_with_custom_ops(ckpt, work):
+    out = work / "engine" / "m.onnx"
+    out.parent.mkdir()
+    _export(ckpt, out, "--custom-ops", "--engine")
+    meta = json.loads((out.parent / "m.engine.json").read_text())
+    import tensorrt as trt
+
+    assert meta["tensorrt"] == trt.__version__ and meta["gpu"] and meta["compute_capability"]
+    assert (out.parent / "m.engine").stat().st_size > 0
+    assert meta["profile"]["max"][0] >= 4
+
+
+@pytest.mark.skipif(_has_tensorrt() and _has_gpu(), reason="TensorRT and a GPU are present")
+def test_engine_without_tensorrt_or_gpu_is_one_line_error_before_exporting(ckpt, tmp_path):
+    out = tmp_path / "m.onnx"
+    p = run_scar("export", ckpt, "-o", out, "--engine", env=ENV)
+    assert_one_line_error(p, "--engine needs")
+    assert _has_tensorrt() or "TensorRT" in p.stderr
+    assert _has_gpu() or "GPU" in p.stderr
+    assert not list(tmp_path.iterdir())  # nothing exported
+
+
+def test_engine_paths_and_profile():
+    from scar_export.engine import engine_paths, profile_shapes, timing_cache_path
+
+    assert [p.name for p in engine_paths(Path("/x/plain.onnx"))] == ["plain.engine",
+                                                                     "plain.engine.json"]
+    prof = profile_shapes(PreprocessConfig().to_dict())
+    assert prof == {"min": [1, 1, 64, 64], "opt": [4, 1, 256, 256], "max": [8, 1, 512, 512]}
+    fixed = profile_shapes({**PreprocessConfig().to_dict(), "fixed_size": [320, 192]})
+    assert fixed["max"] == [8, 1, 320, 192] and fixed["opt"] == [4, 1, 256, 192]
+    name = timing_cache_path("11.4.0", {"name": "NVIDIA H100 80GB", "compute_capability": "9.0"})
+    assert name.name == "tensorrt-11.4.0-NVIDIA-H100-80GB-sm9.0.timing-cache"
+
+
+# --- parity helpers -----------------------------------------------------------------------------
+
+def test_parity_falls_back_to_the_sample_when_the_index_is_gone(ckpt):
+    doc = load_model(ckpt)[1]
+    doc = {**doc, "extra": {**doc["extra"], "data_index": "/nonexistent/index.json"}}
+    slices, info = P.parity_slices(doc)
+    assert info["source"] == "sample" and "no such data index" in info["fallback_reason"]
+    assert len(slices) == P.N_SLICES and all(s.labels is not None for s in slices)
+    assert len({s.index for s in slices}) == P.N_SLICES
+    assert P.parity_path(Path("a/plain.onnx")) == Path("a/plain.parity.json")
+    a = np.arange(12, dtype=np.float32).reshape(3, 4)
+    assert P.fit(a, (5, 2), -1.0).tolist() == [[-1, -1], [1, 2], [5, 6], [9, 10], [-1, -1]]
+
+
+# --- one-line errors ----------------------------------------------------------------------------
+
+def test_checkpoint_errors_are_one_line(ckpt, tmp_path):
+    out = tmp_path / "m.onnx"
+    assert_one_line_error(run_scar("export", tmp_path / "nope.pt", "-o", out, env=ENV),
+                          "no such checkpoint")
+    bad = tmp_path / "corrupt.pt"
+    bad.write_bytes(os.urandom(4000))
+    assert_one_line_error(run_scar("export", bad, "-o", out, env=ENV), "not a readable checkpoint")
+    trunc = tmp_path / "truncated.pt"
+    trunc.write_bytes(ckpt.read_bytes()[:100_000])
+    assert_one_line_error(run_scar("export", trunc, "-o", out, env=ENV), "checkpoint")
+    # another architecture: weights of the small model under a config with other channels
+    doc = torch.load(ckpt, map_location="cpu", weights_only=True)
+    cfg = json.loads(doc["model_config"])
+    other = tmp_path / "other.pt"
+    torch.save({**doc, "model_config": json.dumps({**cfg, "aspp_channels": 96})}, other)
+    assert_one_line_error(run_scar("export", other, "-o", out, env=ENV),
+                          "do not match the architecture")
+    alien = tmp_path / "alien.pt"
+    torch.save({**doc, "model_config": json.dumps({**cfg, "backbone": "resnet50"})}, alien)
+    assert_one_line_error(run_scar("export", alien, "-o", out, env=ENV),
+                          "not a SCAR-Net configuration")
+    assert not list(tmp_path.glob("m.*"))
+
+
+def test_output_errors_are_one_line(ckpt, tmp_path):
+    assert_one_line_error(run_scar("export", ckpt, "-o", tmp_path / "no" / "m.onnx", env=ENV),
+                          "does not exist")
+    (tmp_path / "file").write_text("x")
+    assert_one_line_error(run_scar("export", ckpt, "-o", tmp_path / "file" / "m.onnx", env=ENV),
+                          "not a folder")
+    if os.geteuid() != 0:  # root may write anywhere
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o555)
+        assert_one_line_error(run_scar("export", ckpt, "-o", ro / "m.onnx", env=ENV),
+                              "not writable")
+    existing = tmp_path / "m.onnx"
+    existing.write_text("keep me")
+    assert_one_line_error(run_scar("export", ckpt, "-o", existing, env=ENV), "already exists",
+                          "--force")
+    assert existing.read_text() == "keep me"
+    existing.unlink()
+    (tmp_path / "m.parity.json").write_text("{}")
+    assert_one_line_error(run_scar("export", ckpt, "-o", existing, env=ENV), "m.parity.json",
+                          "already exists")
+    assert_one_line_error(run_scar("export", ckpt, "-o", tmp_path / "m.txt", env=ENV), ".onnx")
+    assert_one_line_error(run_scar("export", ckpt, "-o", tmp_path / "n.onnx", "--opset", "11",
+                                   env=ENV), "opset")
+    assert_one_line_error(run_scar("export", ckpt, "-o", ckpt, env=ENV), ".onnx")
