@@ -1,12 +1,11 @@
 """`scar export`: plain / custom-op / FP16 ONNX on real val slices, graph structure, plugins,
 engine guards and one-line errors.
 
-One tiny real training run (2 steps) makes the checkpoint; each export runs once per module
-(~20-40 s each on one CPU thread) and every test reuses it. A 2-step model is nearly uniform
-(logits within +-0.05) and its MCCA gammas are ~0, so parity on it would prove little: the
-fixture sets the gammas to 1 and scales the classifier and heatmap head, so that every path
-(the attentions, the dynamic conv, the soft-argmax) changes the outputs and the probabilities
-are decisive. That is still a real trained checkpoint with real BN statistics.
+One tiny real training run makes the checkpoint: 60 steps of batch 2 on 64 px crops (~10 s).
+Not 2 steps: a 2-step model predicts one class everywhere with near-uniform probabilities and
+its MCCA gammas are ~0, so label agreement and the attention paths would be checked vacuously;
+after 60 steps the labels vary over the slice and the attentions change the output (a test
+checks that). Each export runs once per module (~20-40 s on one CPU thread) and is reused.
 """
 
 from __future__ import annotations
@@ -62,19 +61,6 @@ needs_trt_gpu = pytest.mark.skipif(not (_has_tensorrt() and _has_gpu()),
 
 # --- fixtures: one checkpoint, one export of each kind ---------------------------------------
 
-def _amplify(src: Path, dst: Path) -> Path:
-    doc = torch.load(src, map_location="cpu", weights_only=True)
-    w = doc["model"]
-    for g in ("mcca.gamma1", "mcca.gamma2", "mcca.gamma3"):
-        w[g] = torch.ones_like(w[g])
-    for k in ("decoder.classifier.weight", "decoder.classifier.bias"):
-        w[k] = w[k] * 60
-    for k in ("heatmap_head.out.weight", "heatmap_head.out.bias"):
-        w[k] = w[k] * 10
-    torch.save(doc, dst)
-    return dst
-
-
 @pytest.fixture(scope="module")
 def work(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("export")
@@ -84,11 +70,11 @@ def work(tmp_path_factory) -> Path:
 def ckpt(work) -> Path:
     index = write_mini_index(work / "data")
     run = work / "run"
-    p = run_scar("train", "--data", index, "--out", run, "--max-steps", "2", "--steps-per-epoch",
-                 "2", "--epochs", "1", "--batch", "2", "--crop", "64", "--val-every", "100",
-                 "--threads", "1", env=ENV)
+    p = run_scar("train", "--data", index, "--out", run, "--max-steps", "60", "--steps-per-epoch",
+                 "60", "--epochs", "1", "--batch", "2", "--crop", "64", "--lr", "2e-3",
+                 "--val-every", "100", "--log-every", "20", "--threads", "1", env=ENV)
     assert p.returncode == 0, p.stderr[-2000:]
-    return _amplify(run / "last.pt", work / "model.pt")
+    return run / "last.pt"
 
 
 def _export(ckpt: Path, out: Path, *flags: str) -> Path:
@@ -187,7 +173,7 @@ def test_plain_onnx_matches_pytorch_on_real_val_slices(plain, ckpt):
                 agree += int((probs.argmax(1) == ref.argmax(1)).sum())
                 total += ref.shape[0] * h * w
     assert worst <= 1e-3 and agree / total >= 0.999
-    assert ref.max(1).mean() > 0.5  # decisive probabilities: the check is not vacuous
+    assert len(np.unique(ref.argmax(1))) >= 3  # varied labels: agreement is not vacuous
 
 
 def test_plain_graph_is_standard_self_contained_and_carries_metadata(plain, ckpt):
@@ -204,7 +190,7 @@ def test_plain_graph_is_standard_self_contained_and_carries_metadata(plain, ckpt
     doc = torch.load(ckpt, map_location="cpu", weights_only=True)
     assert meta.precision == "fp32" and meta.custom_ops is False
     assert meta.data_index_sha256 == doc["data_index_sha256"] != ""
-    assert meta.training["step"] == 2 and meta.training["val_cases"] == ["ivdval/25"]
+    assert meta.training["step"] == 60 and meta.training["val_cases"] == ["ivdval/25"]
     assert meta.model_config == json.loads(doc["model_config"])
     assert meta.preprocess.to_dict() == json.loads(doc["preprocess"])
 
