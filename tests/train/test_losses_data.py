@@ -143,3 +143,33 @@ def test_weak_case_keypoints_land_on_the_vertebrae(mini_index):
         s = (lo + hi) // 2
         assert full.labels[int(round(r)), int(round(c)), s] == k + 1
     assert L.NUM_KEYPOINTS == 10
+
+
+def test_folds_split_by_subject():
+    from conftest import SHARED_INDEX
+
+    from scar_train.config import TrainConfig
+    from scar_train.train import split_for_run
+
+    if not SHARED_INDEX.is_file():
+        pytest.skip(f"the public data index is not at {SHARED_INDEX}")
+    cases = read_index(SHARED_INDEX)
+    pool = [c for c in cases if c.split == "train"]
+    seen_val = []
+    for k in range(5):
+        cfg = TrainConfig(data=str(SHARED_INDEX), out="x", fold=k, folds=5)
+        train, val = split_for_run(cases, cfg)
+        assert val and train
+        assert not {c.subject for c in train} & {c.subject for c in val}
+        assert not [c for c in train + val if c.split == "val"]  # the held-out split stays out
+        assert len(train) + len(val) == len(pool)
+        seen_val += [c.id for c in val]
+    # every training case is validated exactly once over the 5 folds
+    assert sorted(seen_val) == sorted(c.id for c in pool)
+    # one person in two data sets (key-point set and mask set) is never split across folds
+    by_subject = {}
+    for k in range(5):
+        _, val = split_for_run(cases, TrainConfig(data="i", out="x", fold=k, folds=5))
+        for c in val:
+            by_subject.setdefault(c.subject, set()).add(k)
+    assert all(len(v) == 1 for v in by_subject.values())
