@@ -12,6 +12,7 @@ plus one uint8 label slice stack.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -51,6 +52,9 @@ class SegmentationResult:
     keypoints: list[Keypoint]
     report: PostprocessReport = field(default_factory=PostprocessReport)
     backend: str = ""
+    # seconds per stage: preprocess (normalise, resample, pad), inference (backend calls),
+    # postprocess (argmax, inverse mapping, key-points, 3D post-processing)
+    timings: dict[str, float] = field(default_factory=dict)
 
     def to_nifti(self) -> nib.Nifti1Image:
         return labels_to_image(self.labels, self.volume.source)
@@ -77,19 +81,23 @@ class Segmenter:
     def __init__(self, model: Path | str | None = None, *, backend: str = "auto",
                  device: str = "auto", batch: int = 4, threads: int | None = None,
                  postprocess_config: PostprocessConfig | None = None,
-                 use_postprocess: bool = True):
-        if model is None:
-            model = default_model_path()
-            if model is None:
-                raise ConfigError("no model ships with this version of scar-net: pass --model "
-                                  "MODEL.onnx (made with `scar export`)")
+                 use_postprocess: bool = True, runner: Runner | None = None):
+        """``runner``: an existing backend runner (any object with the Runner interface, e.g. a
+        PyTorch one in benchmarks) instead of a model path."""
         if batch < 1:
             raise ConfigError("--batch must be >= 1")
-        self.model = Path(model)
+        if runner is None:
+            if model is None:
+                model = default_model_path()
+                if model is None:
+                    raise ConfigError("no model ships with this version of scar-net: pass "
+                                      "--model MODEL.onnx (made with `scar export`)")
+            runner = create_runner(Path(model), backend=backend, device=device, threads=threads)
+        self.model = Path(model) if model is not None else Path(runner.name)
         self.batch = batch
-        self.runner: Runner = create_runner(self.model, backend=backend, device=device,
-                                            threads=threads)
-        self.runner.activate()  # fail now (bad model file) rather than on the first case
+        self.runner: Runner = runner
+        if not self.runner.is_active:
+            self.runner.activate()  # fail now (bad model file) rather than on the first case
         self.metadata = self.runner.metadata
         self.post_cfg = postprocess_config or PostprocessConfig()
         self.use_postprocess = use_postprocess
@@ -111,24 +119,35 @@ class Segmenter:
             raise InvalidImageError(f"{vol.name}: a sagittal slice of "
                                     f"{rows * vol.spacing[0]:.0f} x {cols * vol.spacing[1]:.0f}"
                                     " mm is too small to hold a lumbar spine")
+        t = {"preprocess_s": 0.0, "inference_s": 0.0, "postprocess_s": 0.0}
+        clock = time.perf_counter()
         grid, batches = iter_slice_batches(vol.data, vol.inplane_spacing, cfg, self.batch)
         n = vol.shape[2]
         pred = np.zeros((n,) + tuple(grid.out_shape), np.uint8)
         kp_net = np.zeros((n, L.NUM_KEYPOINTS, 2), np.float32)
         kp_conf = np.zeros((n, L.NUM_KEYPOINTS), np.float32)
         for start, x in batches:
+            t["preprocess_s"] += time.perf_counter() - clock
+            clock = time.perf_counter()
             out = self.runner.infer(x)
+            t["inference_s"] += time.perf_counter() - clock
+            clock = time.perf_counter()
             stop = start + x.shape[0]
             pred[start:stop] = out["probs"].argmax(1)
             kp_net[start:stop] = out["keypoints"]
             kp_conf[start:stop] = out["heatmaps"].reshape(x.shape[0], L.NUM_KEYPOINTS, -1).max(-1)
+            t["postprocess_s"] += time.perf_counter() - clock  # argmax belongs to post-processing
+            clock = time.perf_counter()
+        t["preprocess_s"] += time.perf_counter() - clock  # the generator's final step
+        clock = time.perf_counter()
         labels = slices_to_labels(pred, grid)
         keypoints, kp_mm, conf = self._keypoints(vol, grid, kp_net, kp_conf)
         report = PostprocessReport()
         if self.use_postprocess:
             labels, report = postprocess(labels, vol.spacing, kp_mm, conf, self.post_cfg)
+        t["postprocess_s"] += time.perf_counter() - clock
         return SegmentationResult(volume=vol, labels=labels, keypoints=keypoints, report=report,
-                                  backend=self.runner.description)
+                                  backend=self.runner.description, timings=t)
 
     @staticmethod
     def _as_volume(image) -> Volume:

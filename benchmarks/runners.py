@@ -1,0 +1,78 @@
+"""Runners for the benchmark: the runtime's own backends plus a PyTorch eager runner.
+
+The PyTorch runner implements the runtime's :class:`~scar_runtime.backends.Runner` interface with
+the very module ``scar export`` exports (:func:`scar_export.model.export_module`: softmax
+``probs``, ``heatmaps``, ``keypoints``; FP16 with the exporter's FP32 islands), so every backend
+goes through the same Segmenter pipeline and only the inference engine differs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from scar_runtime.backends import Runner, create_runner
+from scar_runtime.model_meta import ModelMetadata
+from scar_runtime.preprocess import PreprocessConfig
+
+
+class TorchRunner(Runner):
+    name = "pytorch"
+
+    def __init__(self, checkpoint: Path | str, *, device: str = "cpu", fp16: bool = False,
+                 threads: int | None = None):
+        super().__init__()
+        self.checkpoint = Path(checkpoint)
+        self.device = device
+        self.fp16 = fp16
+        self.threads = threads
+        self.module = None
+
+    def activate(self) -> None:
+        import torch
+
+        from scar_export.model import export_module, load_model
+
+        if self.threads and self.threads != torch.get_num_threads():
+            torch.set_num_threads(self.threads)  # only when it differs (see docs/performance.md)
+        model, ckpt = load_model(self.checkpoint)
+        self.module = export_module(model, fp16=self.fp16).to(self.device).eval()
+        self.metadata = ModelMetadata(preprocess=PreprocessConfig.from_dict(ckpt["preprocess"]),
+                                      model_config=model.config.to_dict(),
+                                      precision="fp16" if self.fp16 else "fp32",
+                                      data_index_sha256=str(ckpt.get("data_index_sha256") or ""),
+                                      training={"step": int(ckpt.get("step", 0))})
+        self.is_active = True
+
+    @property
+    def description(self) -> str:
+        return f"pytorch eager ({self.device}, {'fp16' if self.fp16 else 'fp32'})"
+
+    def infer(self, image: np.ndarray) -> dict[str, np.ndarray]:
+        import torch
+
+        if self.module is None:
+            raise RuntimeError("call activate() first")
+        x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).to(self.device)
+        with torch.inference_mode():
+            probs, heatmaps, keypoints = self.module(x)
+        # .cpu() waits for the GPU, so a timed call covers the whole inference
+        return {"probs": probs.cpu().numpy(), "heatmaps": heatmaps.cpu().numpy(),
+                "keypoints": keypoints.cpu().numpy()}
+
+    def deactivate(self) -> None:
+        self.module = None
+        self.is_active = False
+
+
+def make_runner(spec: dict) -> Runner:
+    """The runner a worker spec asks for (``spec["runner"]``: ``torch`` or ``runtime``)."""
+    if spec["runner"] == "torch":
+        return TorchRunner(spec["checkpoint"], device=spec["device"],
+                           fp16=spec["precision"] == "fp16", threads=spec.get("threads"))
+    backend = spec["backend"]
+    if backend == "tensorrt":
+        return create_runner(spec["model"], backend="tensorrt", device="cuda")
+    return create_runner(spec["model"], backend="onnxruntime", device=spec["device"],
+                         threads=spec.get("threads"))
