@@ -82,6 +82,9 @@ def export_checkpoint(ckpt_path: Path | str, out: Path | str, *, custom_ops: boo
     proto = export_onnx(export_module(model, fp16=fp16, custom_ops=custom_ops), opset=opset,
                         custom_ops=custom_ops)
     export_s = time.time() - t0
+    if custom_ops and not any(n.domain == "scar" for n in proto.graph.node):
+        log("note: this model has neither MCCA nor AT: there are no custom ops to emit")
+        custom_ops = False
     meta = ModelMetadata(preprocess=PreprocessConfig.from_dict(ckpt["preprocess"]),
                          model_config=model.config.to_dict(), precision=precision,
                          custom_ops=custom_ops,
@@ -110,6 +113,8 @@ def export_checkpoint(ckpt_path: Path | str, out: Path | str, *, custom_ops: boo
         f"{', '.join(f'{h}x{w}' for h, w in P.SIZES)}, batches 1 and 4): max_abs_diff "
         f"{par['max_abs_diff']:.2e}, label_agreement {par['label_agreement']:.5f}"
         + (f", dice_difference {par['dice_difference']:.3f} points" if fp16 else ""))
+    if par["data"]["source"] != "val":
+        log(f"note: {par['data']['fallback_reason']}; the parity check used the sample volume")
     log(f"wrote {out} and {parity_json}")
     if engine:
         from scar_export.engine import build_engine, engine_json

@@ -22,7 +22,7 @@ def export(
                               "islands; inputs/outputs stay float32."),
     engine: bool = typer.Option(False, "--engine", help="Also build a TensorRT engine "
                                 "(MODEL.engine + MODEL.engine.json); needs TensorRT and a GPU."),
-    opset: int = typer.Option(18, "--opset", help="ONNX opset (18..23)."),
+    opset: int = typer.Option(18, "--opset", help="ONNX opset (18..22)."),
     force: bool = typer.Option(False, "--force", help="Replace existing output files."),
 ):
     """Export a checkpoint to ONNX (dynamic batch/H/W) and check it against PyTorch."""

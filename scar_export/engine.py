@@ -122,7 +122,7 @@ def build_engine(onnx_path: Path, *, custom_ops: bool, preprocess: dict, gpu: di
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
-        raise ModelError(f"TensorRT could not parse {onnx_path.name}: "
+        raise ModelError(f"TensorRT could not parse {Path(onnx_path).name}: "
                          f"{errors[0] if errors else 'unknown error'}"
                          + (f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""))
     config = builder.create_builder_config()
@@ -143,21 +143,41 @@ def build_engine(onnx_path: Path, *, custom_ops: bool, preprocess: dict, gpu: di
         atomic_write_bytes(cache_path, bytes(config.get_timing_cache().serialize()), force=True)
     except (OSError, ScarError):
         pass  # a timing cache we cannot keep only makes the next build slower
-    meta = {
-        "format": ENGINE_FORMAT,
-        "tensorrt": trt.__version__,
-        "gpu": gpu["name"],
-        "compute_capability": gpu["compute_capability"],
-        "onnx": Path(onnx_path).name,
-        "onnx_sha256": hashlib.sha256(Path(onnx_path).read_bytes()).hexdigest(),
-        "custom_ops": custom_ops,
-        "plugins": plugins,
-        "plugin_registration": "scar_export.plugins.register_plugins" if custom_ops else None,
-        "profile": {"input": "image", **shapes},
-        "build_seconds": round(time.time() - t0, 1),
-        "timing_cache": str(cache_path),
-    }
+    meta = engine_info(onnx_path, trt_version=trt.__version__, gpu=gpu, custom_ops=custom_ops,
+                       preprocess=preprocess, plugin_ids=plugins)
+    meta.update(build_seconds=round(time.time() - t0, 1), timing_cache=str(cache_path))
     return bytes(plan), meta
+
+
+def engine_info(onnx_path: Path, *, trt_version: str, gpu: dict, custom_ops: bool,
+                preprocess: dict, plugin_ids: list[str] | None = None) -> dict:
+    """``MODEL.engine.json``: what scar_runtime's TensorRT runner checks and reads.
+
+    ``tensorrt_version``/``gpu_name``/``compute_capability`` (a plan only runs there; the
+    runner refuses a mismatch), ``metadata`` (the ONNX model's scar metadata_props, so the
+    engine is self-describing), ``plugins`` (the module whose ``register_plugins()`` must run
+    before deserialising; None for a plain engine). ``tensorrt``/``gpu`` repeat the version
+    and name for older readers.
+    """
+    import onnx
+
+    onnx_path = Path(onnx_path)
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    return {
+        "format": ENGINE_FORMAT,
+        "tensorrt_version": trt_version,
+        "gpu_name": gpu["name"],
+        "compute_capability": gpu["compute_capability"],
+        "tensorrt": trt_version,
+        "gpu": gpu["name"],
+        "metadata": {p.key: p.value for p in model.metadata_props},
+        "plugins": "scar_export.plugins" if custom_ops else None,
+        "plugin_ids": list(plugin_ids or []),
+        "onnx": onnx_path.name,
+        "onnx_sha256": hashlib.sha256(onnx_path.read_bytes()).hexdigest(),
+        "custom_ops": custom_ops,
+        "profile": {"input": "image", **profile_shapes(preprocess)},
+    }
 
 
 def engine_json(meta: dict) -> str:

@@ -22,6 +22,7 @@ matrix ((H/4*W/4) x (H/16*W/16) per head) is the largest tensor of the model.
 from __future__ import annotations
 
 import copy
+import warnings
 from pathlib import Path
 
 import torch
@@ -102,7 +103,9 @@ def _check_weights(path: Path, model: nn.Module, state: dict) -> None:
 def load_model(path: Path | str) -> tuple[ScarNet, dict]:
     """Checkpoint -> (ScarNet in eval mode with its weights, checkpoint dict). One-line errors."""
     path = Path(path)
-    ckpt = load_checkpoint(path)
+    with warnings.catch_warnings():  # torch warns (multi-line) about some corrupt files
+        warnings.simplefilter("ignore")
+        ckpt = load_checkpoint(path)
     try:
         cfg = ScarNetConfig.from_dict(ckpt["model_config"])
     except (ValueError, TypeError) as e:

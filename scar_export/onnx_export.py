@@ -26,7 +26,9 @@ if TYPE_CHECKING:
 
 DEFAULT_OPSET = 18
 MIN_OPSET = 18  # ReduceMax with axes as an input (function bodies), Resize/Pad forms used here
-MAX_OPSET = 23
+# Opset 23 turns SDPA into the ONNX Attention op, whose CPU kernel in onnxruntime 1.32 rejects the
+# AT's broadcast key mask (N, 1, 1, Lk) ("inconsistent q_sequence_length"): stay below it.
+MAX_OPSET = 22
 MAX_IR_VERSION = 10
 EXAMPLE_SHAPE = (2, 1, 96, 64)
 
