@@ -126,7 +126,7 @@ def measure_volume(seg, spec: dict, budget: Budget) -> dict:
         for b in spec["batches"]:
             seg.batch = b
             grid, gen = iter_slice_batches(vol.data, vol.inplane_spacing, cfg, b)
-            seg.runner.inner.infer(next(gen)[1])  # warm-up at this grid size and batch
+            seg.runner.infer(next(gen)[1])  # warm-up at this grid size and batch
             runs = []
             for i in range(spec["volume_reps"]):
                 if i >= 1 and budget.left() <= 0:
