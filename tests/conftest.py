@@ -46,6 +46,17 @@ def assert_one_line_error(proc, *needles: str):
         assert n.lower() in err.lower(), f"{n!r} not in {err!r}"
 
 
+def assert_same_geometry(out, src):
+    """A written label image sits exactly on the input's grid: shape, affine, qform/sform+codes."""
+    assert out.shape == src.shape and out.get_data_dtype() == np.uint8
+    np.testing.assert_array_equal(out.affine, src.affine)
+    for form in ("qform", "sform"):
+        a, ca = getattr(out.header, f"get_{form}")(coded=True)
+        b, cb = getattr(src.header, f"get_{form}")(coded=True)
+        assert ca == cb
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
 def _save(img, path: Path) -> Path:
     nib.save(img, str(path))
     return path

@@ -20,6 +20,7 @@ from conftest import (
     REPO,
     SHARED_DATA,
     assert_one_line_error,
+    assert_same_geometry,
     make_bad_inputs,
     needs_shared,
     run_scar,
@@ -53,13 +54,7 @@ def test_outputs_and_geometry(tiny_model, tmp_path):
     name = "chu2015_14_crop_img"
     src = nib.load(str(SAMPLE))
     seg = nib.load(str(tmp_path / f"{name}_seg.nii.gz"))
-    assert seg.shape == src.shape and seg.get_data_dtype() == np.uint8
-    np.testing.assert_array_equal(seg.affine, src.affine)
-    for form in ("qform", "sform"):
-        a, ca = getattr(seg.header, f"get_{form}")(coded=True)
-        b, cb = getattr(src.header, f"get_{form}")(coded=True)
-        assert ca == cb
-        np.testing.assert_allclose(a, b, atol=1e-5)
+    assert_same_geometry(seg, src)
     assert np.asanyarray(seg.dataobj).max() <= 10
     kp = json.loads((tmp_path / f"{name}_keypoints.json").read_text())
     assert [k["name"] for k in kp["keypoints"]] == list(KEYPOINT_NAMES)

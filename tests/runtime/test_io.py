@@ -12,6 +12,7 @@ from conftest import (
     CHU_SEG,
     IVD_IMG,
     SHARED_DATA,
+    assert_same_geometry,
     make_bad_inputs,
     needs_shared,
 )
@@ -98,14 +99,7 @@ def test_write_back_keeps_exact_geometry(tmp_path, axcodes):
     vol = load_volume(src_path, as_labels=True)
     out = save_labels(vol.data, vol.source, tmp_path / "out.nii.gz")
     res = nib.load(str(out))
-    assert res.shape == src.shape
-    assert res.get_data_dtype() == np.uint8
-    np.testing.assert_array_equal(res.affine, src.affine)
-    for form in ("qform", "sform"):
-        a, ca = getattr(res.header, f"get_{form}")(coded=True)
-        b, cb = getattr(src.header, f"get_{form}")(coded=True)
-        assert ca == cb
-        np.testing.assert_allclose(a, b, atol=1e-5)
+    assert_same_geometry(res, src)
     np.testing.assert_array_equal(np.asanyarray(res.dataobj), np.asanyarray(src.dataobj))
     assert res.header.get_zooms() == pytest.approx(src.header.get_zooms())
 
