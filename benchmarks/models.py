@@ -159,17 +159,23 @@ def export_from_checkpoint(ckpt: Path, out: Path, *, fp16: bool) -> float:
     return time.time() - t0
 
 
+def _cached_export(ms: ModelSet, out: Path, *, fp16: bool, log) -> Path:
+    """Export the checkpoint to ``out`` unless a cached copy is there (the name holds its hash)."""
+    precision = "fp16" if fp16 else "fp32"
+    if not out.is_file():
+        log(f"exporting {ms.checkpoint} to ONNX {precision.upper()} (cached as {out.name}) ...")
+        ms.prep_s[f"export_{precision}_s"] = round(
+            export_from_checkpoint(ms.checkpoint, out, fp16=fp16), 1)
+    return out
+
+
 def ensure_exports(ms: ModelSet, cache: Path, *, want_fp16: bool, log) -> None:
     """Fill in the FP32 (and FP16) ONNX from the checkpoint where not given; check the pair."""
     if ms.checkpoint is not None:
         ms.ckpt_info = checkpoint_info(ms.checkpoint)
         ck_hash = sha256(ms.checkpoint)[:16]
     if ms.onnx is None:
-        out = cache / f"fp32-{ck_hash}.onnx"
-        if not out.is_file():
-            log(f"exporting {ms.checkpoint} to ONNX FP32 (cached as {out.name}) ...")
-            ms.prep_s["export_fp32_s"] = round(export_from_checkpoint(ms.checkpoint, out,
-                                                                      fp16=False), 1)
+        out = _cached_export(ms, cache / f"fp32-{ck_hash}.onnx", fp16=False, log=log)
         ms.onnx = out
         ms.notes.append(f"FP32 ONNX exported from the checkpoint ({out})")
     ms.meta = onnx_metadata(ms.onnx)
@@ -182,12 +188,7 @@ def ensure_exports(ms: ModelSet, cache: Path, *, want_fp16: bool, log) -> None:
         if ms.checkpoint is not None:
             check_same_model(m16, ms.ckpt_info, str(ms.onnx_fp16))
     elif want_fp16 and ms.checkpoint is not None:
-        out = cache / f"fp16-{ck_hash}.onnx"
-        if not out.is_file():
-            log(f"exporting {ms.checkpoint} to ONNX FP16 (cached as {out.name}) ...")
-            ms.prep_s["export_fp16_s"] = round(export_from_checkpoint(ms.checkpoint, out,
-                                                                      fp16=True), 1)
-        ms.onnx_fp16 = out
+        ms.onnx_fp16 = _cached_export(ms, cache / f"fp16-{ck_hash}.onnx", fp16=True, log=log)
 
 
 # ---------------------------------------------------------------------------------------- INT8
@@ -332,15 +333,6 @@ def ensure_engine(onnx_path: Path, cache: Path, *, preprocess: dict, log) -> Pat
         plan, meta = build_engine(onnx_path, custom_ops=False, preprocess=preprocess, gpu=gpu)
         plan_path.parent.mkdir(parents=True, exist_ok=True)
         plan_path.write_bytes(plan)
-        # scar_export.engine writes "tensorrt"/"gpu" and no model metadata, while the runtime's
-        # TensorRTRunner reads "tensorrt_version"/"gpu_name"/"metadata": write both spellings.
-        meta = {**meta, "tensorrt_version": meta.get("tensorrt"), "gpu_name": meta.get("gpu"),
-                "metadata": _onnx_props(onnx_path)}
-        json_path.write_text(engine_json(meta))
+        json_path.write_text(engine_json(meta))  # the sidecar the runtime's runner checks
     return plan_path
 
-
-def _onnx_props(path: Path) -> dict[str, str]:
-    import onnx
-
-    return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}

@@ -156,8 +156,7 @@ def engine_info(onnx_path: Path, *, trt_version: str, gpu: dict, custom_ops: boo
     ``tensorrt_version``/``gpu_name``/``compute_capability`` (a plan only runs there; the
     runner refuses a mismatch), ``metadata`` (the ONNX model's scar metadata_props, so the
     engine is self-describing), ``plugins`` (the module whose ``register_plugins()`` must run
-    before deserialising; None for a plain engine). ``tensorrt``/``gpu`` repeat the version
-    and name for older readers.
+    before deserialising; None for a plain engine).
     """
     import onnx
 
@@ -168,8 +167,6 @@ def engine_info(onnx_path: Path, *, trt_version: str, gpu: dict, custom_ops: boo
         "tensorrt_version": trt_version,
         "gpu_name": gpu["name"],
         "compute_capability": gpu["compute_capability"],
-        "tensorrt": trt_version,
-        "gpu": gpu["name"],
         "metadata": {p.key: p.value for p in model.metadata_props},
         "plugins": "scar_export.plugins" if custom_ops else None,
         "plugin_ids": list(plugin_ids or []),
