@@ -179,19 +179,23 @@ def load_nifti(path: Path | str, *, as_labels: bool = False) -> tuple[np.ndarray
     """Read and validate a 3D NIfTI; returns (data in file layout, image)."""
     path = Path(path)
     img = _open_header(path)
-    shape3 = _check_header(img, path)
-    data = _read_data(img, path, as_labels)
+    return _validated_data(img, path, as_labels), img
+
+
+def _validated_data(img: nib.Nifti1Image, where: Path, as_labels: bool) -> np.ndarray:
+    """Header checks, then the voxel data read and checked (files and in-memory images alike)."""
+    shape3 = _check_header(img, where)
+    data = _read_data(img, where, as_labels)
     if as_labels:
-        data = _as_label_array(data, path)
-    else:
-        if not np.all(np.isfinite(data)):
-            bad = int((~np.isfinite(data)).sum())
-            raise InvalidImageError(f"{path}: {bad:,} voxels are NaN or infinite")
-        if min(shape3[:3]) < 2 and sorted(shape3)[1] < MIN_INPLANE:
-            raise InvalidImageError(f"{path}: volume {shape3} is too small to segment")
-        if float(data.max()) == float(data.min()):
-            raise InvalidImageError(f"{path}: constant image (every voxel is {data.flat[0]:g})")
-    return data, img
+        return _as_label_array(data, where)
+    if not np.all(np.isfinite(data)):
+        bad = int((~np.isfinite(data)).sum())
+        raise InvalidImageError(f"{where}: {bad:,} voxels are NaN or infinite")
+    if min(shape3[:3]) < 2 and sorted(shape3)[1] < MIN_INPLANE:
+        raise InvalidImageError(f"{where}: volume {shape3} is too small to segment")
+    if float(data.max()) == float(data.min()):
+        raise InvalidImageError(f"{where}: constant image (every voxel is {data.flat[0]:g})")
+    return data
 
 
 def _as_label_array(data: np.ndarray, path: Path) -> np.ndarray:
@@ -222,28 +226,22 @@ def load_volume(path: Path | str, *, as_labels: bool = False) -> Volume:
     """Load a NIfTI file (any orientation) into the working layout, fully validated."""
     path = Path(path)
     data, img = load_nifti(path, as_labels=as_labels)
+    return _to_volume(data, img, path=path)
+
+
+def _to_volume(data: np.ndarray, img: nib.Nifti1Image, **kw) -> Volume:
     work, work_affine, xform = to_working(data, img.affine)
-    header = img.header.copy()
     source = SourceGeometry(shape=tuple(int(s) for s in img.shape), affine=img.affine.copy(),
-                            header=header, to_working=xform)
-    return Volume(data=work, affine=work_affine, source=source, path=path)
+                            header=img.header.copy(), to_working=xform)
+    return Volume(data=work, affine=work_affine, source=source, **kw)
 
 
 def volume_from_image(img: nib.Nifti1Image, *, name: str = "volume") -> Volume:
     """Same as :func:`load_volume` for an in-memory nibabel image (the Python API)."""
     if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
         raise InvalidImageError(f"expected a nibabel NIfTI image, got {type(img).__name__}")
-    where = Path(name)
-    _check_header(img, where)
-    data = _read_data(img, where, as_labels=False)
-    if not np.all(np.isfinite(data)):
-        raise InvalidImageError(f"{name}: NaN or infinite voxels")
-    if float(data.max()) == float(data.min()):
-        raise InvalidImageError(f"{name}: constant image")
-    work, work_affine, xform = to_working(data, img.affine)
-    source = SourceGeometry(shape=tuple(int(s) for s in img.shape), affine=img.affine.copy(),
-                            header=img.header.copy(), to_working=xform)
-    return Volume(data=work, affine=work_affine, source=source, path=None, meta={"name": name})
+    data = _validated_data(img, Path(name), as_labels=False)
+    return _to_volume(data, img, path=None, meta={"name": name})
 
 
 def check_same_grid(a: Volume, b: Volume, *, atol: float = 1e-3) -> None:
