@@ -23,6 +23,8 @@ def train(
     weak_per_batch: int = typer.Option(2, help="Key-point-only samples per batch."),
     crop: int = typer.Option(256, help="Training crop size (pixels at 1 mm)."),
     lambda_: float = typer.Option(50.0, "--lambda", help="Weight of the key-point loss."),
+    heatmap_pos_weight: float = typer.Option(
+        20.0, help="Key-point heatmap MSE weight 1 + this x target (0 = plain MSE)."),
     lr: float = typer.Option(5e-4, help="Adam learning rate (divided by 5 at 1/3 and 2/3)."),
     no_mcca: bool = typer.Option(False, "--no-mcca", help="Ablation: no MCCA (MF = F_S^H)."),
     no_at: bool = typer.Option(False, "--no-at", help="Ablation: no AT (FE = F_S^L)."),
@@ -42,7 +44,8 @@ def train(
 
     cfg = TrainConfig(data=str(data), out=str(out), size=size, epochs=epochs,
                       steps_per_epoch=steps_per_epoch, max_steps=max_steps, batch=batch,
-                      weak_per_batch=weak_per_batch, crop=crop, rec_weight=lambda_, lr=lr,
+                      weak_per_batch=weak_per_batch, crop=crop, rec_weight=lambda_,
+                      heatmap_pos_weight=heatmap_pos_weight, lr=lr,
                       use_mcca=not no_mcca, use_at=not no_at, augment=not no_augment,
                       seed=seed, fold=fold, folds=folds, val_every=val_every,
                       log_every=log_every, ckpt_every=ckpt_every, threads=threads,

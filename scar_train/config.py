@@ -26,6 +26,7 @@ class TrainConfig:
     disc_fraction: float = 0.25  # share of mask samples drawn from disc-labelled sets
     crop: int = 256
     rec_weight: float = 50.0  # lambda (paper sweeps 40..100)
+    heatmap_pos_weight: float = 20.0  # heatmap MSE weight 1 + this * target (see losses.py)
     lr: float = 5e-4
     use_mcca: bool = True
     use_at: bool = True

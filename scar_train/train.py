@@ -206,7 +206,7 @@ def train(cfg: TrainConfig) -> dict:
         while step < end:
             batch = _batch_to_torch(sampler.next_batch(), device)
             outp = net(batch["image"])
-            terms = scar_loss(outp, batch, cfg.rec_weight)
+            terms = scar_loss(outp, batch, cfg.rec_weight, cfg.heatmap_pos_weight)
             opt.zero_grad(set_to_none=True)
             terms.total.backward()
             opt.step()

@@ -10,7 +10,7 @@ from scar_runtime import labels as L
 from scar_runtime.dataset import read_index
 from scar_runtime.preprocess import PreprocessConfig
 from scar_train.data import AugmentConfig, SliceSampler, gaussian_heatmaps, prepare_case
-from scar_train.losses import partial_ce, partial_soft_dice
+from scar_train.losses import heatmap_loss, partial_ce, partial_soft_dice
 
 VB = torch.tensor([True] * 6 + [False] * 5)  # background + L1..L5
 DISC = torch.tensor([True] + [False] * 5 + [True] * 5)
@@ -81,6 +81,25 @@ def test_heatmap_peak_at_point():
     i, j = np.unravel_index(hm[2].argmax(), hm[2].shape)
     assert (i, j) == (25, 9)  # cell i has its centre at 4 i + 1.5
     assert hm[2].max() == pytest.approx(1.0) and hm[0].max() == 0
+
+
+def test_heatmap_loss_pulls_on_the_peak_not_the_background():
+    target = torch.from_numpy(gaussian_heatmaps({0: (130.0, 90.0)}, (256, 256), 6.0))[None]
+    mask = torch.zeros(1, 10, dtype=torch.bool)
+    mask[0, 0] = True
+    zeros = torch.zeros_like(target)
+    # the exact target costs nothing, with or without the weighting
+    assert float(heatmap_loss(target, target, mask, 20.0)) == 0.0
+    # an all-zero prediction (the collapse the first run fell into) costs ~21x more per unit of
+    # peak error when the peak cells are weighted 1 + 20 * target
+    plain = float(heatmap_loss(zeros, target, mask, 0.0))
+    weighted = float(heatmap_loss(zeros, target, mask, 20.0))
+    assert 0.001 < plain < 0.003  # the ~0.002 collapse level quoted in losses.py
+    assert weighted > 10 * plain
+    # channels the sample's set does not supervise carry no loss
+    other = torch.zeros(1, 10, dtype=torch.bool)
+    other[0, 3] = True
+    assert float(heatmap_loss(zeros, target, other, 20.0)) == 0.0
 
 
 def test_sampler_mixes_full_and_weak_cases(mini_index):
