@@ -11,6 +11,7 @@ Everything is computed with scar_runtime (Segmenter, metrics): the numbers are t
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -59,6 +60,32 @@ def evaluate_model(model: Path, index: Path, split: str = "val", batch: int = 4)
     return out
 
 
+FACTS_MARKER = "<!-- model-facts: tests/runtime/test_shipped_model.py checks these against the model -->"
+
+
+def model_facts(model: Path) -> dict[str, str]:
+    """What MODEL_CARD.md states about the shipped file, read from the file itself."""
+    from scar_runtime.backends import create_runner
+
+    with create_runner(model, backend="onnxruntime") as runner:
+        meta = runner.metadata
+    return {
+        "file": model.name,
+        "size_bytes": str(model.stat().st_size),
+        "sha256": hashlib.sha256(model.read_bytes()).hexdigest(),
+        "scar_version": meta.version,
+        "model_size": str(meta.model_config.get("size")),
+        "precision": meta.precision,
+        "data_index_sha256": meta.data_index_sha256,
+        "training_step": str(meta.training.get("step")),
+    }
+
+
+def facts_markdown(facts: dict[str, str]) -> str:
+    rows = "\n".join(f"| {k} | `{v}` |" for k, v in facts.items())
+    return f"{FACTS_MARKER}\n| fact | value |\n|---|---|\n{rows}\n"
+
+
 def _f(x, pct=True):
     if x is None:
         return "-"
@@ -96,6 +123,7 @@ def main() -> None:
     a = ap.parse_args()
     card = evaluate_model(a.model, a.data, a.split)
     a.out.write_text(json.dumps(card, indent=1))
+    print(facts_markdown(model_facts(a.model)))
     print(markdown(card))
 
 
