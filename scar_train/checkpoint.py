@@ -54,3 +54,18 @@ def load_checkpoint(path: Path | str) -> dict:
     for k in ("model_config", "train_config", "preprocess", "metrics", "extra"):
         doc[k] = json.loads(doc.get(k) or "{}")
     return doc
+
+
+def release_checkpoint(src: Path | str, dst: Path | str, *, force: bool = False) -> Path:
+    """Copy of ``src`` with only what inference and export need (no optimiser, scheduler or RNG
+    state): a third of the size. This is what ships beside the default ONNX model, so that
+    ``make bench`` times PyTorch on exactly the weights the ONNX was exported from."""
+    dst = Path(dst)
+    if dst.exists() and not force:
+        raise ModelError(f"{dst} exists (pass force=True to replace it)")
+    doc = load_checkpoint(src)
+    return save_checkpoint(
+        dst, model_state=doc["model"], model_config=doc["model_config"],
+        train_config=doc["train_config"], preprocess=doc["preprocess"],
+        data_index_sha256=doc["data_index_sha256"], step=doc["step"], epoch=doc["epoch"],
+        metrics=doc["metrics"], extra=doc["extra"])

@@ -60,7 +60,8 @@ def evaluate_model(model: Path, index: Path, split: str = "val", batch: int = 4)
     return out
 
 
-FACTS_MARKER = "<!-- model-facts: tests/runtime/test_shipped_model.py checks these against the model -->"
+FACTS_MARKER = ("<!-- model-facts: tests/runtime/test_shipped_model.py checks these against the "
+                "model -->")
 
 
 def model_facts(model: Path) -> dict[str, str]:

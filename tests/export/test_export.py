@@ -613,3 +613,18 @@ def test_output_errors_are_one_line(ckpt, tmp_path):
     assert_one_line_error(run_scar("export", ckpt, "-o", tmp_path / "n.onnx", "--opset", "11",
                                    env=ENV), "opset")
     assert_one_line_error(run_scar("export", ckpt, "-o", ckpt, env=ENV), ".onnx")
+
+
+def test_release_checkpoint_keeps_weights_drops_training_state(ckpt, tmp_path):
+    from scar_train.checkpoint import load_checkpoint, release_checkpoint
+
+    rel = release_checkpoint(ckpt, tmp_path / "release.pt")
+    full, slim = load_checkpoint(ckpt), load_checkpoint(rel)
+    assert "optimizer" in full and "optimizer" not in slim and "scheduler" not in slim
+    assert slim["model"].keys() == full["model"].keys()
+    assert all(torch.equal(slim["model"][k], full["model"][k]) for k in full["model"])
+    for k in ("model_config", "preprocess", "data_index_sha256", "step", "train_config"):
+        assert slim[k] == full[k]
+    assert rel.stat().st_size < 0.6 * ckpt.stat().st_size
+    with pytest.raises(Exception, match="exists"):
+        release_checkpoint(ckpt, rel)
