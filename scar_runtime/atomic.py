@@ -12,6 +12,7 @@ import os
 import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import BinaryIO
 
 from scar_runtime.errors import OutputError
 
@@ -91,8 +92,13 @@ def atomic_write(
 
 
 def _write_unnamed(folder: Path, data: bytes) -> int | None:
-    """An O_TMPFILE file holding ``data``: it has no name, so if the process dies (even by
-    SIGKILL) before it is linked, nothing is left behind. None where unsupported."""
+    """An O_TMPFILE file holding ``data`` (see :func:`_stream_unnamed`)."""
+    return _stream_unnamed(folder, lambda f: f.write(data))
+
+
+def _stream_unnamed(folder: Path, write: Callable[[BinaryIO], object]) -> int | None:
+    """An O_TMPFILE file filled by ``write(file_object)``: it has no name, so if the process
+    dies (even by SIGKILL) before it is linked, nothing is left behind. None where unsupported."""
     flag = getattr(os, "O_TMPFILE", None)
     if flag is None:
         return None
@@ -101,14 +107,23 @@ def _write_unnamed(folder: Path, data: bytes) -> int | None:
     except OSError:
         return None
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
+        with os.fdopen(os.dup(fd), "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
     except BaseException:
         os.close(fd)
         raise
     return fd
+
+
+def _publish_unnamed(fd: int, path: Path) -> None:
+    """Link the unnamed file under a temp name and rename it over ``path`` (both atomic)."""
+    tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    _link_fd(fd, tmp)
+    os.replace(tmp, path)
 
 
 def _link_fd(fd: int, path: Path) -> None:
@@ -140,11 +155,7 @@ def write_files_atomic(files: dict[Path, bytes], *, force: bool = False,
             if fd is None:  # no O_TMPFILE: classic named temp file
                 atomic_write_bytes(path, data, force=True)
             else:
-                tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
-                with contextlib.suppress(FileNotFoundError):
-                    tmp.unlink()
-                _link_fd(fd, tmp)
-                os.replace(tmp, path)
+                _publish_unnamed(fd, path)
             done.append(path)
     except OSError as e:
         raise OutputError(f"cannot write {path}: {e.strerror or e}") from e
@@ -153,6 +164,38 @@ def write_files_atomic(files: dict[Path, bytes], *, force: bool = False,
             if fd is not None:
                 os.close(fd)
     return done
+
+
+def atomic_write_stream(path: Path | str, write: Callable[[BinaryIO], object], *,
+                        force: bool = False, inputs: Iterable[Path] = ()) -> Path:
+    """Like :func:`atomic_write`, but ``write`` gets a binary file object. With O_TMPFILE the
+    data stays nameless until it is complete, so even SIGKILL leaves no temp file (checkpoints
+    are written while a training run may be killed at any moment)."""
+    path = Path(path)
+    check_output_path(path, force=force, inputs=inputs)
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise OutputError(f"output folder {folder} does not exist")
+    try:
+        fd = _stream_unnamed(folder, write)
+    except OSError as e:
+        raise OutputError(f"cannot write {path}: {e.strerror or e}") from e
+    if fd is None:  # no O_TMPFILE here: a named temp file, removed on any Python-level failure
+
+        def write_named(tmp: Path) -> None:
+            with open(tmp, "wb") as f:
+                write(f)
+
+        return atomic_write(path, write_named, force=force, inputs=inputs)
+    try:
+        if path.exists() and not force:
+            raise OutputError(f"{path} already exists (use --force to replace it)")
+        _publish_unnamed(fd, path)
+    except OSError as e:
+        raise OutputError(f"cannot write {path}: {e.strerror or e}") from e
+    finally:
+        os.close(fd)
+    return path
 
 
 def atomic_write_bytes(path: Path | str, data: bytes, **kw) -> Path:

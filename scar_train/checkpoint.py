@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from scar_runtime.atomic import atomic_write
+from scar_runtime.atomic import atomic_write_stream
 from scar_runtime.errors import ModelError
 
 FORMAT = "scar-net-checkpoint"
@@ -37,7 +37,9 @@ def save_checkpoint(path: Path, *, model_state: dict, model_config: dict, train_
     if scheduler_state is not None:
         doc["scheduler"] = scheduler_state
     doc["torch_rng"] = torch.get_rng_state()
-    return atomic_write(path, lambda tmp: torch.save(doc, tmp), force=True)
+    # Streamed into a nameless file: a run killed mid-save leaves the previous checkpoint and
+    # no temp file.
+    return atomic_write_stream(path, lambda f: torch.save(doc, f), force=True)
 
 
 def load_checkpoint(path: Path | str) -> dict:
