@@ -24,11 +24,12 @@ from scar_runtime.metrics import evaluate_case, summarize
 from scar_runtime.segmenter import Segmenter
 
 
-def evaluate_model(model: Path, index: Path, split: str = "val", batch: int = 4) -> dict:
+def evaluate_model(model: Path, index: Path, split: str = "val", batch: int = 4,
+                   use_postprocess: bool = True) -> dict:
     cases = [c for c in read_index(index) if c.split == split]
     per_set: dict[str, dict] = {}
     t0 = time.time()
-    with Segmenter(model, batch=batch) as seg:
+    with Segmenter(model, batch=batch, use_postprocess=use_postprocess) as seg:
         for case in cases:
             vol = case.load_image()
             res = seg.segment(vol)
@@ -45,7 +46,8 @@ def evaluate_model(model: Path, index: Path, split: str = "val", batch: int = 4)
                 pred = np.where(np.isin(res.labels, list(case.labelled_classes)), res.labels, 0)
                 entry["scores"].append(evaluate_case(pred.astype(np.uint8), gt, vol.spacing,
                                                      vol.affine, name=case.id))
-    out = {"split": split, "model": str(model), "wall_s": round(time.time() - t0, 1), "sets": {}}
+    out = {"split": split, "model": str(model), "postprocess": use_postprocess,
+           "wall_s": round(time.time() - t0, 1), "sets": {}}
     for name, e in per_set.items():
         s = summarize(e["scores"]) if e["scores"] else {}
         out["sets"][name] = {
@@ -121,8 +123,9 @@ def main() -> None:
     ap.add_argument("--data", type=Path, required=True)
     ap.add_argument("--split", default="val")
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--no-postprocess", action="store_true", help="score the bare network")
     a = ap.parse_args()
-    card = evaluate_model(a.model, a.data, a.split)
+    card = evaluate_model(a.model, a.data, a.split, use_postprocess=not a.no_postprocess)
     a.out.write_text(json.dumps(card, indent=1))
     print(facts_markdown(model_facts(a.model)))
     print(markdown(card))
