@@ -10,7 +10,6 @@ from scar_runtime.io import load_volume
 from scar_runtime.labels import verse_to_model
 from scar_runtime.postprocess import PostprocessConfig, postprocess
 
-
 KP = PostprocessConfig(use_keypoints=True)
 
 
