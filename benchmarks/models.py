@@ -25,26 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
+from scar_runtime.backends import read_model_metadata
 from scar_runtime.errors import ConfigError, ModelError
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def onnx_metadata(path: Path):
-    """The scar metadata of an ONNX model (read by ONNX Runtime, as the runtime does)."""
-    from scar_runtime.backends.onnxruntime import OnnxRuntimeRunner
-
-    r = OnnxRuntimeRunner(path, device="cpu", threads=1)
-    r.activate()
-    meta = r.metadata
-    r.deactivate()
-    return meta
+from scar_runtime.hashing import file_sha256
 
 
 def _norm(d) -> object:
@@ -173,16 +156,16 @@ def ensure_exports(ms: ModelSet, cache: Path, *, want_fp16: bool, log) -> None:
     """Fill in the FP32 (and FP16) ONNX from the checkpoint where not given; check the pair."""
     if ms.checkpoint is not None:
         ms.ckpt_info = checkpoint_info(ms.checkpoint)
-        ck_hash = sha256(ms.checkpoint)[:16]
+        ck_hash = file_sha256(ms.checkpoint)[:16]
     if ms.onnx is None:
         out = _cached_export(ms, cache / f"fp32-{ck_hash}.onnx", fp16=False, log=log)
         ms.onnx = out
         ms.notes.append(f"FP32 ONNX exported from the checkpoint ({out})")
-    ms.meta = onnx_metadata(ms.onnx)
+    ms.meta = read_model_metadata(ms.onnx)
     if ms.checkpoint is not None:
         check_same_model(ms.meta, ms.ckpt_info, str(ms.onnx))
     if ms.onnx_fp16 is not None:
-        m16 = onnx_metadata(ms.onnx_fp16)
+        m16 = read_model_metadata(ms.onnx_fp16)
         if m16.precision != "fp16":
             raise ConfigError(f"--onnx-fp16 {ms.onnx_fp16} is a {m16.precision} model")
         if ms.checkpoint is not None:
@@ -283,7 +266,7 @@ def ensure_int8(ms: ModelSet, cache: Path, *, make_calib, calib_key: dict, calib
     cfg = ms.meta.model_config
     exclude = io_convs(ms.onnx, (int(cfg.get("num_classes", 11)),
                                  int(cfg.get("num_keypoints", 10)))) if keep_io_fp32 else []
-    key = hashlib.sha256(json.dumps({"onnx": sha256(ms.onnx), "ops": list(op_types),
+    key = hashlib.sha256(json.dumps({"onnx": file_sha256(ms.onnx), "ops": list(op_types),
                                      "exclude": exclude, "calibration": calib_key},
                                     sort_keys=True).encode()).hexdigest()[:16]
     out = cache / f"int8-{key}.onnx"
@@ -325,7 +308,7 @@ def ensure_engine(onnx_path: Path, cache: Path, *, preprocess: dict, log) -> Pat
     from scar_export.engine import build_engine, check_available, engine_json
 
     gpu = check_available()
-    key = f"{sha256(onnx_path)[:16]}-{gpu['compute_capability']}"
+    key = f"{file_sha256(onnx_path)[:16]}-{gpu['compute_capability']}"
     plan_path = cache / f"trt-{key}.engine"
     json_path = plan_path.with_name(plan_path.name + ".json")
     if not (plan_path.is_file() and json_path.is_file()):

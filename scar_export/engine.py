@@ -17,7 +17,6 @@ UNVERIFIED: no machine this was written on has TensorRT (it cannot be installed 
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import os
@@ -27,6 +26,7 @@ from pathlib import Path
 
 from scar_runtime.atomic import atomic_write_bytes
 from scar_runtime.errors import ModelError, ScarError
+from scar_runtime.hashing import file_sha256
 
 ENGINE_FORMAT = "scar-net-tensorrt"
 MIN_BATCH, OPT_BATCH, MAX_BATCH = 1, 4, 8
@@ -171,7 +171,7 @@ def engine_info(onnx_path: Path, *, trt_version: str, gpu: dict, custom_ops: boo
         "plugins": "scar_export.plugins" if custom_ops else None,
         "plugin_ids": list(plugin_ids or []),
         "onnx": onnx_path.name,
-        "onnx_sha256": hashlib.sha256(onnx_path.read_bytes()).hexdigest(),
+        "onnx_sha256": file_sha256(onnx_path),
         "custom_ops": custom_ops,
         "profile": {"input": "image", **profile_shapes(preprocess)},
     }

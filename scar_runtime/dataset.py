@@ -9,7 +9,6 @@ evaluation.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ import numpy as np
 
 from scar_runtime import labels as L
 from scar_runtime.errors import DataIndexError
+from scar_runtime.hashing import file_sha256
 from scar_runtime.io import Volume, check_same_grid, load_volume
 
 SUPERVISION_KINDS = ("vertebrae", "discs", "keypoints")
@@ -170,7 +170,7 @@ def _subject(entry: dict, groups: set[str]) -> str:
 
 def index_hash(path: Path | str) -> str:
     """SHA-256 of the index file's bytes (recorded in checkpoints and exported models)."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    return file_sha256(path)
 
 
 def split_cases(cases: list[Case], split: str) -> list[Case]:

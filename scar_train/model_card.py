@@ -11,7 +11,6 @@ Everything is computed with scar_runtime (Segmenter, metrics): the numbers are t
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -19,7 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from scar_runtime import labels as L
+from scar_runtime.backends import read_model_metadata
 from scar_runtime.dataset import read_index
+from scar_runtime.hashing import file_sha256
 from scar_runtime.metrics import evaluate_case, summarize
 from scar_runtime.segmenter import Segmenter
 
@@ -68,14 +69,11 @@ FACTS_MARKER = ("<!-- model-facts: tests/runtime/test_shipped_model.py checks th
 
 def model_facts(model: Path) -> dict[str, str]:
     """What MODEL_CARD.md states about the shipped file, read from the file itself."""
-    from scar_runtime.backends import create_runner
-
-    with create_runner(model, backend="onnxruntime") as runner:
-        meta = runner.metadata
+    meta = read_model_metadata(model)
     return {
         "file": model.name,
         "size_bytes": str(model.stat().st_size),
-        "sha256": hashlib.sha256(model.read_bytes()).hexdigest(),
+        "sha256": file_sha256(model),
         "scar_version": meta.version,
         "model_size": str(meta.model_config.get("size")),
         "precision": meta.precision,

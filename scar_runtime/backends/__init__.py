@@ -39,3 +39,12 @@ def create_runner(model: Path | str, *, backend: str = "auto", device: str = "au
 
 
 __all__ = ["BACKENDS", "DEVICES", "Runner", "create_runner"]
+
+
+def read_model_metadata(model: Path | str):
+    """The scar metadata of an ONNX model, read by ONNX Runtime exactly as inference reads it
+    (one CPU thread: only the header matters)."""
+    from scar_runtime.backends.onnxruntime import OnnxRuntimeRunner
+
+    with OnnxRuntimeRunner(Path(model), device="cpu", threads=1) as runner:
+        return runner.metadata
