@@ -143,7 +143,7 @@ def measure_accuracy(seg, spec: dict) -> dict:
     from scar_runtime.dataset import read_index
     from scar_runtime.errors import ScarError
     from scar_runtime.io import load_volume
-    from scar_runtime.metrics import evaluate_case, summarize
+    from scar_runtime.metrics import summarize
 
     wanted = spec["accuracy"]["cases"]
     if not wanted:
@@ -163,9 +163,7 @@ def measure_accuracy(seg, spec: dict) -> dict:
         except ScarError as e:  # a broken case fails the same way for every backend
             failed[cid] = str(e)
             continue
-        labelled = sorted(case.labelled_classes)
-        pred = np.where(np.isin(result.labels, labelled), result.labels, 0).astype(np.uint8)
-        score = evaluate_case(pred, gt, vol.spacing, vol.affine, name=case.id)
+        score = case.score(result.labels, gt, vol)
         scores.append(score)
         per_case[case.id] = {"mean_dice": score.mean_dice,
                              "dice": {s.name: s.dice_3d for s in score.structures if s.labelled}}

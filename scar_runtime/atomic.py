@@ -44,6 +44,16 @@ def check_output_path(path: Path, *, force: bool, inputs: Iterable[Path] = ()) -
         raise OutputError(f"{path} is a folder, expected a file path")
 
 
+def _output_folder(path: Path) -> Path:
+    """The folder ``path`` will be written in, which must exist and be writable."""
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise OutputError(f"output folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputError(f"output folder {folder} is not writable")
+    return folder
+
+
 def atomic_write(
     path: Path | str,
     write: Callable[[Path], None],
@@ -59,11 +69,7 @@ def atomic_write(
     path = Path(path)
     inputs = [Path(p) for p in inputs]
     check_output_path(path, force=force, inputs=inputs)
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise OutputError(f"output folder {folder} does not exist")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise OutputError(f"output folder {folder} is not writable")
+    folder = _output_folder(path)
     try:
         fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp"
                                         + _suffix(path))
@@ -173,9 +179,7 @@ def atomic_write_stream(path: Path | str, write: Callable[[BinaryIO], object], *
     are written while a training run may be killed at any moment)."""
     path = Path(path)
     check_output_path(path, force=force, inputs=inputs)
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise OutputError(f"output folder {folder} does not exist")
+    folder = _output_folder(path)
     try:
         fd = _stream_unnamed(folder, write)
     except OSError as e:

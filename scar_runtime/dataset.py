@@ -78,6 +78,15 @@ class Case:
         seg.data = L.verse_to_model(seg.data)
         return seg
 
+    def score(self, pred: np.ndarray, gt: np.ndarray, image: Volume):
+        """Metrics of a working-layout prediction on the structures this case's set labels:
+        other classes are zeroed first (a disc predicted on a vertebra-only set is neither
+        right nor wrong). One place for validation, the model card and the benchmark."""
+        from scar_runtime.metrics import evaluate_case
+
+        pred = np.where(np.isin(pred, list(self.labelled_classes)), pred, 0).astype(np.uint8)
+        return evaluate_case(pred, gt, image.spacing, image.affine, name=self.id)
+
     def load_keypoints(self) -> dict[int, np.ndarray]:
         """Key-point index -> world position (mm) for the key-points this case labels."""
         if self.keypoints is None:

@@ -21,7 +21,7 @@ from scar_runtime import labels as L
 from scar_runtime.backends import read_model_metadata
 from scar_runtime.dataset import read_index
 from scar_runtime.hashing import file_sha256
-from scar_runtime.metrics import evaluate_case, summarize
+from scar_runtime.metrics import summarize
 from scar_runtime.segmenter import Segmenter
 
 
@@ -44,9 +44,7 @@ def evaluate_model(model: Path, index: Path, split: str = "val", batch: int = 4,
                     entry["centre_err"].append(float(np.linalg.norm(pred_kp[k] - ref)))
             if case.seg is not None:
                 gt = case.load_seg(vol).data
-                pred = np.where(np.isin(res.labels, list(case.labelled_classes)), res.labels, 0)
-                entry["scores"].append(evaluate_case(pred.astype(np.uint8), gt, vol.spacing,
-                                                     vol.affine, name=case.id))
+                entry["scores"].append(case.score(res.labels, gt, vol))
     out = {"split": split, "model": str(model), "postprocess": use_postprocess,
            "wall_s": round(time.time() - t0, 1), "sets": {}}
     for name, e in per_set.items():

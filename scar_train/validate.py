@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from scar_runtime.dataset import Case
-from scar_runtime.metrics import evaluate_case, summarize
+from scar_runtime.metrics import summarize
 from scar_runtime.preprocess import PreprocessConfig, image_to_slices, slices_to_labels
 
 
@@ -41,9 +41,7 @@ def validate(model: torch.nn.Module, cases: list[Case], cfg: PreprocessConfig, *
             gt = case.load_seg(vol).data
             pred = predict_labels(model, vol.data, vol.inplane_spacing, cfg, batch=batch,
                                   device=device)
-            # score only what this set labels
-            pred = np.where(np.isin(pred, list(case.labelled_classes)), pred, 0).astype(np.uint8)
-            scores.append(evaluate_case(pred, gt, vol.spacing, vol.affine, name=case.id))
+            scores.append(case.score(pred, gt, vol))
     finally:
         model.train(was_training)
     summary = summarize(scores) if scores else {}
