@@ -31,6 +31,9 @@ MIN_OPSET = 18  # ReduceMax with axes as an input (function bodies), Resize/Pad 
 MAX_OPSET = 22
 MAX_IR_VERSION = 10
 EXAMPLE_SHAPE = (2, 1, 96, 64)
+# scar ops whose function body is a faster exact form than what the exporter traces: the plain
+# export inlines them (the Scan + depthwise Conv form of the per-sample 7x7 conv)
+FAST_FORM_OPS = ("DynamicDepthwiseConv",)
 
 
 @contextlib.contextmanager
@@ -49,16 +52,31 @@ def _quiet():
             lg.setLevel(lv)
 
 
-def export_onnx(module: nn.Module, *, opset: int = DEFAULT_OPSET,
-                custom_ops: bool = False) -> onnx.ModelProto:
-    """Export ``module`` (an :class:`~scar_export.model.ExportWrapper`) to a ModelProto."""
+def export_onnx(module: nn.Module, *, opset: int = DEFAULT_OPSET, custom_ops: bool = False,
+                fast_forms: bool = True) -> onnx.ModelProto:
+    """Export ``module`` (an :class:`~scar_export.model.ExportWrapper`) to a ModelProto.
+
+    ``fast_forms`` (plain export): the ops of :data:`FAST_FORM_OPS` go through their scar custom
+    op and are then inlined as their function bodies (the Scan + depthwise Conv form of the
+    dynamic conv), so the plain model has standard ops only but not the traced 49-tap sum.
+    ``fast_forms=False`` is the v0.1 export (kept for the benchmark's comparison).
+    """
+    import copy
+
     import torch
     from torch.export import Dim
 
     if not MIN_OPSET <= opset <= MAX_OPSET:
         raise ModelError(f"--opset {opset} is not supported (valid: {MIN_OPSET}..{MAX_OPSET})")
+    swapped = ()
+    if fast_forms and not custom_ops:
+        from scar_export.custom_ops import swap_in_custom_ops
+
+        module = copy.deepcopy(module)
+        if swap_in_custom_ops(module.net, only=FAST_FORM_OPS):
+            swapped = FAST_FORM_OPS
     table = None
-    if custom_ops:
+    if custom_ops or swapped:
         from scar_export.custom_ops import translation_table
 
         table = translation_table()
@@ -71,10 +89,12 @@ def export_onnx(module: nn.Module, *, opset: int = DEFAULT_OPSET,
             custom_translation_table=table, external_data=False, verbose=False,
         )
         model = program.model_proto
-    if custom_ops:
-        from scar_export.custom_ops import add_functions
+    if custom_ops or swapped:
+        from scar_export.custom_ops import add_functions, inline_functions
 
         add_functions(model)
+        if swapped:
+            inline_functions(model, swapped)
     model.ir_version = min(model.ir_version, MAX_IR_VERSION)
     check_io(model)
     return model

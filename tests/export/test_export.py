@@ -199,7 +199,8 @@ def test_plain_onnx_matches_pytorch_on_real_val_slices(plain, ckpt):
             for i in range(0, len(x), batch):
                 xb, ref = x[i:i + batch], ref_all[i:i + batch]
                 probs, heat, kps = sess.run(None, {"image": xb})
-                assert probs.shape == (len(xb), 11, h, w) and kps.shape == (len(xb), 10, 2)
+                assert probs.shape == (len(xb), model.config.num_classes, h, w)
+                assert kps.shape == (len(xb), 10, 2)
                 assert heat.shape == (len(xb), 10, h // 4, w // 4)
                 worst = max(worst, float(np.abs(probs - ref).max()))
                 heat_diff = float(np.abs(heat - out.heatmaps[i:i + batch].numpy()).max())
@@ -303,7 +304,11 @@ def _one_node_model(op_type: str, inputs: dict, dtype: int, **attrs) -> onnx.Mod
     graph = helper.make_graph([node], "g", vi, [helper.make_tensor_value_info("y", dtype, None)])
     m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18),
                                                 helper.make_opsetid("scar", 1)], ir_version=10)
-    m.functions.append(C.function_proto(op_type, 18, kernel_size=attrs.get("kernel_size", 7)))
+    kw = {}
+    if op_type == "DynamicDepthwiseConv":  # its Scan body is typed: channels and dtype
+        kw = {"kernel_size": attrs["kernel_size"], "channels": inputs["x"].shape[1],
+              "elem_type": dtype}
+    m.functions.append(C.function_proto(op_type, 18, **kw))
     return m
 
 
