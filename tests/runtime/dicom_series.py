@@ -1,0 +1,156 @@
+"""Build a DICOM MR series from a real NIfTI volume, as a scanner would store it.
+
+The pixels are the NIfTI's own (stored exactly), the geometry is the NIfTI affine in DICOM's LPS
+patient coordinates, and the acquisition layout is free: which volume axis runs along the image
+rows, along the columns and across slices (``axcodes`` in nibabel's codes for (column, row,
+slice)), file order, names, folder nesting, transfer syntax. Used by the tests and to make the
+fixture in tests/data (``python tests/runtime/dicom_series.py``).
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import (
+    ExplicitVRLittleEndian,
+    MRImageStorage,
+    RLELossless,
+    generate_uid,
+)
+
+LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+@dataclass
+class SeriesSpec:
+    axcodes: tuple[str, str, str] = ("P", "I", "L")  # (column dir, row dir, slice dir)
+    transfer_syntax: str = ExplicitVRLittleEndian
+    study_uid: str | None = None
+    series_uid: str | None = None
+    frame_uid: str | None = None
+    series_number: int = 3
+    description: str = "T2 SAG"
+    reverse_instances: bool = False  # instance numbers run against the slice direction
+    layout: str = "flat"  # flat | noext | nested
+    shuffle: int | None = 7  # file-name order shuffled with this seed (None: in order)
+    photometric: str = "MONOCHROME2"
+    rescale: tuple[float, float] | None = None  # (slope, intercept) declared on stored values
+    patient_id: str = "scar-test"
+
+
+def reoriented(img: nib.Nifti1Image, axcodes) -> nib.Nifti1Image:
+    xform = nib.orientations.ornt_transform(nib.io_orientation(img.affine),
+                                            nib.orientations.axcodes2ornt(axcodes))
+    return img.as_reoriented(xform)
+
+
+def series_datasets(img: nib.Nifti1Image, spec: SeriesSpec) -> list[Dataset]:
+    """One MR Image Storage dataset per slice of ``img`` in the layout ``spec.axcodes``."""
+    src = reoriented(img, spec.axcodes)
+    data = np.asanyarray(src.dataobj)
+    if not np.array_equal(data, np.rint(data)) or data.min() < 0 or data.max() > 65535:
+        raise ValueError("the NIfTI must hold unsigned 16-bit integer values")
+    data = data.astype(np.uint16)
+    lps = LPS_FROM_RAS @ src.affine
+    col_step, row_step = np.linalg.norm(lps[:3, 0]), np.linalg.norm(lps[:3, 1])
+    row_dir, col_dir = lps[:3, 0] / col_step, lps[:3, 1] / row_step
+    slice_step = float(np.linalg.norm(lps[:3, 2]))
+    study = spec.study_uid or generate_uid()
+    series = spec.series_uid or generate_uid()
+    frame = spec.frame_uid or generate_uid()
+    n = data.shape[2]
+    if spec.photometric == "MONOCHROME1":
+        data = (int(data.max()) + int(data.min()) - data.astype(np.int32)).astype(np.uint16)
+    out = []
+    for k in range(n):
+        ds = Dataset()
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.MediaStorageSOPClassUID = MRImageStorage
+        ds.SOPInstanceUID = generate_uid(entropy_srcs=[series, str(k)])
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.SpecificCharacterSet = "ISO_IR 100"
+        ds.SOPClassUID = MRImageStorage
+        ds.PatientName, ds.PatientID = "Test^Anonymous", spec.patient_id
+        ds.PatientBirthDate, ds.PatientSex = "", "O"
+        ds.StudyInstanceUID, ds.StudyDate, ds.StudyTime = study, "20200101", "120000"
+        ds.ReferringPhysicianName, ds.StudyID, ds.AccessionNumber = "", "1", ""
+        ds.Modality, ds.SeriesInstanceUID, ds.SeriesNumber = "MR", series, spec.series_number
+        ds.SeriesDescription = spec.description
+        ds.PatientPosition, ds.Laterality, ds.BodyPartExamined = "HFS", "", "LSPINE"
+        ds.FrameOfReferenceUID, ds.PositionReferenceIndicator = frame, ""
+        ds.Manufacturer = "scar-net test fixture"
+        ds.ImageType = ["DERIVED", "SECONDARY", "OTHER"]
+        ds.InstanceNumber = (n - k) if spec.reverse_instances else (k + 1)
+        ds.ContentDate, ds.ContentTime = "20200101", "120000"
+        ds.ImageOrientationPatient = [_ds(v) for v in (*row_dir, *col_dir)]
+        ds.ImagePositionPatient = [_ds(v) for v in (lps @ np.array([0, 0, k, 1.0]))[:3]]
+        ds.PixelSpacing = [_ds(row_step), _ds(col_step)]
+        ds.SliceThickness = _ds(slice_step)
+        ds.SpacingBetweenSlices = _ds(slice_step)
+        ds.ScanningSequence, ds.SequenceVariant, ds.ScanOptions = "SE", "NONE", ""
+        ds.MRAcquisitionType = "2D"
+        ds.RepetitionTime, ds.EchoTime, ds.EchoTrainLength = "3000", "100", 16
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, spec.photometric
+        pixels = np.ascontiguousarray(data[:, :, k].T)  # (rows, columns)
+        ds.Rows, ds.Columns = pixels.shape
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+        if spec.rescale is not None:
+            ds.RescaleSlope, ds.RescaleIntercept = _ds(spec.rescale[0]), _ds(spec.rescale[1])
+            ds.RescaleType = "US"
+        ds.PixelData = pixels.tobytes()
+        if spec.transfer_syntax != ExplicitVRLittleEndian:
+            if spec.transfer_syntax in pydicom.uid.UncompressedTransferSyntaxes:
+                ds.file_meta.TransferSyntaxUID = spec.transfer_syntax
+            else:
+                ds.compress(spec.transfer_syntax, pixels)
+        out.append(ds)
+    return out
+
+
+def _ds(v: float) -> str:
+    """A DS string exactly as a scanner writes them (at most 16 characters)."""
+    return pydicom.valuerep.format_number_as_ds(float(v))
+
+
+def write_series(img: nib.Nifti1Image | Path | str, folder: Path,
+                 spec: SeriesSpec | None = None) -> list[Path]:
+    spec = spec or SeriesSpec()
+    if not isinstance(img, nib.Nifti1Image):
+        img = nib.load(str(img))
+    datasets = series_datasets(img, spec)
+    order = list(range(len(datasets)))
+    if spec.shuffle is not None:
+        random.Random(spec.shuffle).shuffle(order)
+    paths = []
+    for i, idx in enumerate(order):
+        ds = datasets[idx]
+        name = f"IM{i:04d}" + ("" if spec.layout == "noext" else ".dcm")
+        sub = folder / (f"part{i % 3}" if spec.layout == "nested" else "")
+        sub.mkdir(parents=True, exist_ok=True)
+        ds.save_as(sub / name, enforce_file_format=True)
+        paths.append(sub / name)
+    return paths
+
+
+def main(argv: list[str]) -> int:
+    """Regenerate the committed fixture: NIFTI OUT_FOLDER."""
+    src, out = Path(argv[0]), Path(argv[1])
+    uid = "1.2.826.0.1.3680043.8.498.1" + "".join(str(ord(c) % 10) for c in src.name[:20])
+    spec = SeriesSpec(axcodes=("P", "I", "L"), transfer_syntax=RLELossless, shuffle=None,
+                      study_uid=uid + ".1", series_uid=uid + ".2", frame_uid=uid + ".3",
+                      patient_id=src.name.split("_img")[0])
+    random.seed(0)
+    write_series(src, out, spec)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
