@@ -20,8 +20,8 @@ import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
     ExplicitVRLittleEndian,
+    JPEG2000Lossless,
     MRImageStorage,
-    RLELossless,
     generate_uid,
 )
 
@@ -84,7 +84,7 @@ def series_datasets(img: nib.Nifti1Image, spec: SeriesSpec) -> list[Dataset]:
         ds.ReferringPhysicianName, ds.StudyID, ds.AccessionNumber = "", "1", ""
         ds.Modality, ds.SeriesInstanceUID, ds.SeriesNumber = "MR", series, spec.series_number
         ds.SeriesDescription = spec.description
-        ds.PatientPosition, ds.Laterality, ds.BodyPartExamined = "HFS", "", "LSPINE"
+        ds.PatientPosition, ds.BodyPartExamined = "HFS", "LSPINE"
         ds.FrameOfReferenceUID, ds.PositionReferenceIndicator = frame, ""
         ds.Manufacturer = "scar-net test fixture"
         ds.ImageType = ["DERIVED", "SECONDARY", "OTHER"]
@@ -144,7 +144,7 @@ def main(argv: list[str]) -> int:
     """Regenerate the committed fixture: NIFTI OUT_FOLDER."""
     src, out = Path(argv[0]), Path(argv[1])
     uid = "1.2.826.0.1.3680043.8.498.1" + "".join(str(ord(c) % 10) for c in src.name[:20])
-    spec = SeriesSpec(axcodes=("P", "I", "L"), transfer_syntax=RLELossless, shuffle=None,
+    spec = SeriesSpec(axcodes=("P", "I", "L"), transfer_syntax=JPEG2000Lossless, shuffle=None,
                       study_uid=uid + ".1", series_uid=uid + ".2", frame_uid=uid + ".3",
                       patient_id=src.name.split("_img")[0])
     random.seed(0)
