@@ -39,3 +39,55 @@ class ModelError(ScarError):
 
 class ConfigError(ScarError):
     """Options that contradict each other or a saved run."""
+
+
+class ResourceError(ScarError):
+    """The machine ran out of something the job needs: memory, disk space, inodes."""
+
+
+# --------------------------------------------------------------------------- library errors
+#
+# Libraries (nibabel, numpy, zlib, onnxruntime, torch, the OS) raise their own types for problems
+# that are the user's input or machine, not a bug in scar-net. This is the ONE place that turns
+# them into a ScarError: readers wrap a library call and pass what it raised to ``library_message``
+# (for the words) and the CLI passes anything that escaped to ``from_library`` before it would
+# call it an internal error.
+
+_NO_SPACE = {28: "no space left on the output device (disk or inodes full)",  # ENOSPC
+             122: "disk quota exceeded"}  # EDQUOT
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def library_message(e: BaseException, what: str) -> str:
+    """``what``, plus the library's own words when they are short enough to help (one line)."""
+    detail = _one_line(e)
+    if not detail or len(detail) > 160:
+        return what
+    return f"{what} ({detail})"
+
+
+def from_library(e: BaseException) -> ScarError | None:
+    """The ScarError a library exception stands for, or None when it is a bug in scar-net."""
+    if isinstance(e, ScarError):
+        return e
+    if isinstance(e, MemoryError):
+        return ResourceError("out of memory (try a smaller --batch or a smaller volume)")
+    if isinstance(e, OSError) and e.errno in _NO_SPACE:
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        return ResourceError(f"{_NO_SPACE[e.errno]}{where}")
+    text = str(e).lower()
+    module = type(e).__module__ or ""
+    if module.startswith("onnxruntime") and ("allocat" in text or "bad_alloc" in text
+                                             or "out of memory" in text):
+        return ResourceError("the inference backend ran out of memory (try a smaller --batch)")
+    if module.startswith("torch") and "out of memory" in text:
+        return ResourceError("out of memory in PyTorch (try a smaller --batch)")
+    return None
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM where scar-net catches it), with a word on what was finished; the CLI
+    prints it in one line and exits 130. Not a ScarError: nothing may catch it as bad input."""

@@ -133,18 +133,37 @@ def normalise(volume: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
 
 
 def _resample(array: np.ndarray, scale: tuple[float, float], shape: tuple[int, int],
-              order: int) -> np.ndarray:
-    """Resample (rows, cols, ...) in-plane: output pixel j samples input (j + 0.5) * s - 0.5."""
+              order: int, start: tuple[int, int] = (0, 0)) -> np.ndarray:
+    """Resample (rows, cols, ...) in-plane: output pixel j samples input (j + 0.5) * s - 0.5.
+
+    ``start``: compute only the window of the full output grid that begins at pixel ``start``
+    (the pixels that are kept); zero is the plain, full resampling.
+    """
     sy, sx = scale
-    if (sy, sx) == (1.0, 1.0) and tuple(array.shape[:2]) == tuple(shape):
+    if (sy, sx) == (1.0, 1.0) and tuple(array.shape[:2]) == tuple(shape) and start == (0, 0):
         return array
     extra = array.ndim - 2
     matrix = np.array([sy, sx] + [1.0] * extra)
-    offset = np.array([0.5 * sy - 0.5, 0.5 * sx - 0.5] + [0.0] * extra)
+    offset = np.array([(start[0] + 0.5) * sy - 0.5, (start[1] + 0.5) * sx - 0.5] + [0.0] * extra)
     # 'nearest' extends the edge pixels, so the border is not blended with a padding value.
     return ndimage.affine_transform(array, matrix, offset=offset,
                                     output_shape=tuple(shape) + tuple(array.shape[2:]),
                                     order=order, mode="nearest", prefilter=False)
+
+
+def _kept_window(grid: SliceGrid) -> tuple[tuple[int, int], tuple[int, int]] | None:
+    """(start, size) of the part of the resampled grid that the network grid keeps, or None
+    when it keeps all of it (no crop: the common case, computed exactly as it always was).
+
+    With a large field of view or huge voxels the resampled grid is far larger than the network
+    grid; resampling only the kept window makes the cost depend on the output grid, never on
+    the voxel size (100 mm voxels once asked for a 100x larger image per slice)."""
+    start = tuple(max(0, -o) for o in grid.offset)
+    stop = tuple(min(r, n - o) for r, n, o in
+                 zip(grid.resampled_shape, grid.out_shape, grid.offset, strict=True))
+    if start == (0, 0) and stop == tuple(grid.resampled_shape):
+        return None
+    return start, tuple(max(0, b - a) for a, b in zip(start, stop, strict=True))  # type: ignore
 
 
 def _shift_copy(src: np.ndarray, offset: tuple[int, int], shape: tuple[int, int],
@@ -203,13 +222,20 @@ def iter_slice_batches(volume: np.ndarray, in_spacing: tuple[float, float],
     # Pad with the darkest normalised value (what air looks like after clipping), not 0, which
     # after z-scoring is mid-grey tissue.
     background = (lo - mean) / std
+    window = _kept_window(grid)
 
     def gen():
         for start in range(0, volume.shape[2], batch):
             part = np.clip(volume[:, :, start:start + batch], lo, hi).astype(np.float32)
             part = (part - np.float32(mean)) / np.float32(std)
-            res = _resample(part, grid.scale, grid.resampled_shape, order=1)
-            stack = _shift_copy(res, grid.offset, grid.out_shape, float(background))
+            if window is None:
+                res = _resample(part, grid.scale, grid.resampled_shape, order=1)
+                stack = _shift_copy(res, grid.offset, grid.out_shape, float(background))
+            else:  # crop first: resample only the pixels the network grid keeps
+                (r0, c0), size = window
+                res = _resample(part, grid.scale, size, order=1, start=(r0, c0))
+                stack = _shift_copy(res, (grid.offset[0] + r0, grid.offset[1] + c0),
+                                    grid.out_shape, float(background))
             yield start, np.ascontiguousarray(np.moveaxis(stack, 2, 0)[:, None])
 
     return grid, gen()
@@ -230,6 +256,27 @@ def slices_to_labels(slices: np.ndarray, grid: SliceGrid) -> np.ndarray:
     stack = np.moveaxis(np.asarray(slices), 0, 2)
     if tuple(stack.shape[:2]) != tuple(grid.out_shape):
         raise ValueError(f"slices of {stack.shape[:2]} do not match the grid {grid.out_shape}")
-    res = _shift_copy(stack, (-grid.offset[0], -grid.offset[1]), grid.resampled_shape, 0)
     inv_scale = (1.0 / grid.scale[0], 1.0 / grid.scale[1])
-    return np.ascontiguousarray(_resample(res, inv_scale, grid.in_shape, order=0))
+    window = _kept_window(grid)
+    if window is None:
+        res = _shift_copy(stack, (-grid.offset[0], -grid.offset[1]), grid.resampled_shape, 0)
+        return np.ascontiguousarray(_resample(res, inv_scale, grid.in_shape, order=0))
+    # Cropped: never build the (possibly huge) resampled grid. Look each input pixel up on the
+    # network grid through the very indices scipy's nearest-neighbour resampling of the full
+    # resampled grid would use; pixels of the crop come back as background, as before.
+    out = np.zeros(tuple(grid.in_shape) + stack.shape[2:], dtype=stack.dtype)
+    rows, cols = (_nearest_indices(n_out, z, n_in) + o for n_out, z, n_in, o in
+                  zip(grid.in_shape, inv_scale, grid.resampled_shape, grid.offset, strict=True))
+    keep_r = (rows >= 0) & (rows < grid.out_shape[0])
+    keep_c = (cols >= 0) & (cols < grid.out_shape[1])
+    out[np.ix_(keep_r, keep_c)] = stack[rows[keep_r]][:, cols[keep_c]]
+    return out
+
+
+def _nearest_indices(n_out: int, zoom: float, n_in: int) -> np.ndarray:
+    """The input index each of ``n_out`` output pixels takes in ``_resample(..., order=0)``:
+    scipy's zoom-shift computes ``(j + offset / zoom) * zoom`` and rounds half up, clamped to
+    the input ('nearest' mode). Computed the same way, ties at integer zoom factors included."""
+    offset = 0.5 * zoom - 0.5
+    coords = (np.arange(n_out, dtype=np.float64) + np.float64(offset) / np.float64(zoom)) * zoom
+    return np.clip(np.floor(coords + 0.5).astype(np.int64), 0, n_in - 1)

@@ -22,6 +22,7 @@ from scar_runtime.io.nifti import (
     Volume,
     check_same_grid,
     is_nifti_path,
+    is_scar_output,
     labels_to_image,
     load_nifti,
     nifti_stem,
@@ -45,6 +46,6 @@ def load_volume(path: Path | str, *, as_labels: bool = False,
 __all__ = [
     "MAX_AXIS", "MAX_VOXELS", "MIN_INPLANE", "NIFTI_SUFFIXES", "WORKING_AXCODES",
     "DicomSource", "SourceGeometry", "Volume", "check_same_grid", "dicom_source", "is_nifti_path",
-    "labels_to_image", "load_dicom", "load_nifti", "load_volume", "nifti_stem",
+    "is_scar_output", "labels_to_image", "load_dicom", "load_nifti", "load_volume", "nifti_stem",
     "save_labels", "save_nifti", "to_working", "volume_from_image",
 ]
