@@ -73,7 +73,8 @@ class SegmentationResult:
             out[s.name] = {"present": True, "voxels": n, "volume_mm3": round(n * voxel_mm3, 1),
                            "sagittal_slices": [int(slices.min()), int(slices.max())],
                            "n_slices": int(len(slices)),
-                           "mean_intensity": float(self.volume.data[m].mean())}
+                           # float64: a float32 sum of huge (finite) intensities overflows
+                           "mean_intensity": float(self.volume.data[m].mean(dtype=np.float64))}
         return out
 
 
