@@ -95,7 +95,8 @@ def evaluate_cmd(
 @app.command("infer")
 def infer_cmd(
     input_path: Path = typer.Argument(..., metavar="INPUT",
-                                      help="A NIfTI volume (.nii/.nii.gz) or a folder of them."),
+                                      help="A NIfTI volume (.nii/.nii.gz), a folder of them, "
+                                      "or a DICOM folder (a study or a folder of studies)."),
     out: Path | None = typer.Option(None, "-o", "--out", help="Output folder (default: next "
                                     "to the input)."),
     model: Path | None = typer.Option(None, "--model", help="ONNX model or TensorRT engine "
@@ -105,12 +106,16 @@ def infer_cmd(
     batch: int = typer.Option(4, help="Slices per inference batch: memory grows ~0.5 GB per "
                               "slice at 384x384 (see docs/performance.md)."),
     force: bool = typer.Option(False, "--force", help="Replace existing outputs."),
+    fmt: str = typer.Option("auto", "--format", help="Segmentation file: nifti, dicom-seg or "
+                            "both (default: nifti for NIfTI input, both for DICOM input)."),
+    series: str | None = typer.Option(None, "--series", metavar="UID", help="The DICOM series "
+                                      "to segment when a study holds several that fit."),
 ):
     """Segment lumbar vertebral bodies and discs: labels, key-points, stats and a preview."""
     from scar_runtime.infer import run_infer
 
     summary = run_infer(input_path, out, model=model, backend=backend, device=device,
-                        batch=batch, force=force)
+                        batch=batch, force=force, fmt=fmt, series_uid=series)
     for path in summary.written:
         typer.echo(str(path))
     if summary.failed:

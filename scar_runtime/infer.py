@@ -1,21 +1,25 @@
-"""``scar infer``: one NIfTI file or a folder of them -> results in OUT_DIR.
+"""``scar infer``: one NIfTI file, a folder of them, or a DICOM folder -> results in OUT_DIR.
 
-A folder run goes on past a bad case, lists the failures at the end and exits non-zero. Every
-check that can fail fast (input readable, outputs free, folder writable) runs before inference.
+A DICOM folder (one study, or a folder of studies, nested or flat) gives one case per study; in
+each, the sagittal MR series is chosen (``scar_runtime.io.dicom``). A folder run goes on past a bad
+case or study, lists the failures at the end and exits non-zero. Every check that can fail fast
+(input readable, outputs free, folder writable) runs before inference.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from rich.console import Console
 
 from scar_runtime.atomic import check_output_path
-from scar_runtime.errors import InputFileError, ScarError
-from scar_runtime.io import is_nifti_path, load_volume, nifti_stem
-from scar_runtime.outputs import check_out_dir, output_paths, write_case
+from scar_runtime.errors import ConfigError, InputFileError, ScarError
+from scar_runtime.io import Volume, is_nifti_path, load_volume, nifti_stem
+from scar_runtime.outputs import check_out_dir, output_paths, resolve_formats, write_case
 from scar_runtime.segmenter import Segmenter
 
 _OUTPUT_NAME = re.compile(r".*_seg$")
@@ -43,47 +47,105 @@ def find_inputs(path: Path) -> list[Path]:
     return files
 
 
+@dataclass
+class CaseInput:
+    """One case to segment: a NIfTI file or one study of a DICOM folder."""
+
+    name: str  # output file names start with it
+    label: str  # how failures name it
+    sources: tuple[Path, ...]  # the files it is read from (never written over)
+    dicom: bool
+    load: Callable[[], Volume]
+
+
+def _failing(error: ScarError) -> Volume:
+    raise error
+
+
+def find_cases(path: Path, series_uid: str | None = None) -> list[CaseInput]:
+    """NIfTI files (a file or a folder of them), else the studies of a DICOM folder."""
+    if path.is_dir() and not any(is_nifti_path(p) and p.is_file() for p in path.iterdir()):
+        return _dicom_cases(path, series_uid)
+    if series_uid:
+        raise ConfigError("--series chooses a series of a DICOM folder; INPUT is NIfTI")
+    return [CaseInput(name=nifti_stem(p), label=p.name, sources=(p,), dicom=False,
+                      load=partial(load_volume, p)) for p in find_inputs(path)]
+
+
+def _dicom_cases(path: Path, series_uid: str | None) -> list[CaseInput]:
+    from scar_runtime.io.dicom import describe_empty, find_series, scan_folder, study_volume
+
+    scan = scan_folder(path)
+    studies = [find_series(scan, series_uid)] if series_uid else scan.studies
+    if not studies:
+        raise InputFileError(describe_empty(scan))
+    cases = [CaseInput(name=st.name, label=st.name, sources=tuple(st.files), dicom=True,
+                       load=partial(study_volume, st, series_uid)) for st in studies]
+    if not series_uid:  # unreadable files beside no readable study: a bad study too
+        for bad, why in scan.broken:
+            cases.append(CaseInput(name=bad.name, label=str(bad.relative_to(path)),
+                                   sources=(bad,), dicom=True,
+                                   load=partial(_failing, InputFileError(f"{bad}: {why}"))))
+    return cases
+
+
 def run_infer(input_path: Path, out_dir: Path | None = None, *, model: Path | None = None,
               backend: str = "auto", device: str = "auto", batch: int = 4,
-              force: bool = False, console: Console | None = None) -> InferSummary:
+              force: bool = False, console: Console | None = None, fmt: str = "auto",
+              series_uid: str | None = None) -> InferSummary:
+    """``fmt``: nifti, dicom-seg, both or auto (NIfTI for NIfTI input, both for DICOM)."""
     console = console or Console(stderr=True)
     input_path = Path(input_path)
-    inputs = find_inputs(input_path)
+    cases = find_cases(input_path, series_uid)
+    formats = {c.name: resolve_formats(fmt, dicom_input=c.dicom) for c in cases}
     if out_dir is None:
         out_dir = input_path if input_path.is_dir() else input_path.parent
     out_dir = Path(out_dir)
     check_out_dir(out_dir)
     first = None
-    if len(inputs) == 1:  # a single case: fail on bad input or outputs before loading a model
-        for p in output_paths(out_dir, nifti_stem(inputs[0])).values():
-            check_output_path(p, force=force, inputs=inputs)
-        first = load_volume(inputs[0])
+    if len(cases) == 1:  # a single case: fail on bad input or outputs before loading a model
+        for p in output_paths(out_dir, cases[0].name, formats[cases[0].name]).values():
+            check_output_path(p, force=force, inputs=cases[0].sources)
+        first = cases[0].load()
     summary = InferSummary()
     with Segmenter(model, backend=backend, device=device, batch=batch) as seg:
-        if len(inputs) > 1:
+        algorithm = None
+        if any("dicom-seg" in f for f in formats.values()):
+            from scar_runtime.dicom_seg import AlgorithmInfo
+
+            algorithm = AlgorithmInfo.for_model(seg.model)
+        if len(cases) > 1:
             console.print(f"model {seg.model.name} on {seg.runner.description}",
                           highlight=False, soft_wrap=True)
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
         with Progress("[bold]segment", BarColumn(), MofNCompleteColumn(),
                       "{task.fields[case]}", TimeRemainingColumn(), console=console,
-                      disable=len(inputs) == 1 or not console.is_terminal) as progress:
-            task = progress.add_task("cases", total=len(inputs), case="")
-            for path in inputs:
-                name = nifti_stem(path)
+                      disable=len(cases) == 1 or not console.is_terminal) as progress:
+            task = progress.add_task("cases", total=len(cases), case="")
+            all_sources = [p for c in cases for p in c.sources]
+            for case in cases:
+                name = case.name
                 progress.update(task, case=name)
                 try:
-                    for p in output_paths(out_dir, name).values():
-                        check_output_path(p, force=force, inputs=inputs)
-                    result = seg.segment(first if first is not None else load_volume(path))
-                    summary.written += write_case(result, out_dir, name=name, force=force)
+                    paths = output_paths(out_dir, name, formats[name])
+                    for p in paths.values():  # a study's files only: there may be thousands
+                        check_output_path(p, force=force,
+                                          inputs=case.sources if case.dicom else all_sources)
+                    result = seg.segment(first if first is not None else case.load())
+                    written = write_case(result, out_dir, name=name, force=force,
+                                         formats=formats[name], algorithm=algorithm)
+                    summary.written += written
                     summary.done.append(name)
-                    for line in result.report.corrections + result.report.order_warnings:
+                    lines = result.report.corrections + result.report.order_warnings
+                    if "dicom_seg" in paths and paths["dicom_seg"] not in written:
+                        lines = [*lines, "no structure found: no DICOM-SEG written"]
+                    for line in lines:
                         console.print(f"{name}: {line}", highlight=False, soft_wrap=True)
                 except ScarError as e:
-                    if len(inputs) == 1:
+                    if len(cases) == 1:
                         raise
-                    summary.failed.append((path.name, str(e)))
+                    summary.failed.append((case.label, str(e)))
                     console.print(f"scar: error: {e}", highlight=False, soft_wrap=True)
                 progress.advance(task)
     return summary

@@ -13,20 +13,44 @@ import io
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import nibabel as nib
 
 from scar_runtime import __version__
 from scar_runtime import labels as L
 from scar_runtime.atomic import write_files_atomic
-from scar_runtime.errors import OutputError
-from scar_runtime.io import nifti_stem
+from scar_runtime.errors import ConfigError, OutputError
+from scar_runtime.io import dicom_source, nifti_stem
 from scar_runtime.segmenter import SegmentationResult
 
+if TYPE_CHECKING:
+    from scar_runtime.dicom_seg import AlgorithmInfo
 
-def output_paths(out_dir: Path, name: str) -> dict[str, Path]:
-    return {"seg": out_dir / f"{name}_seg.nii.gz",
-            "keypoints": out_dir / f"{name}_keypoints.json",
+
+# --format: which segmentation files to write. "auto": NIfTI for NIfTI input, both for DICOM.
+SEG_FORMATS = {"nifti": ("nifti",), "dicom-seg": ("dicom-seg",), "both": ("nifti", "dicom-seg")}
+
+
+def resolve_formats(fmt: str, *, dicom_input: bool) -> tuple[str, ...]:
+    if fmt == "auto":
+        return SEG_FORMATS["both" if dicom_input else "nifti"]
+    if fmt not in SEG_FORMATS:
+        raise ConfigError(f"unknown --format {fmt!r} (valid: nifti, dicom-seg, both)")
+    if "dicom-seg" in SEG_FORMATS[fmt] and not dicom_input:
+        raise ConfigError(f"--format {fmt} needs a DICOM series as input (a DICOM-SEG references "
+                          "its source images); use --format nifti for NIfTI input")
+    return SEG_FORMATS[fmt]
+
+
+def output_paths(out_dir: Path, name: str,
+                 formats: tuple[str, ...] = ("nifti",)) -> dict[str, Path]:
+    paths = {}
+    if "nifti" in formats:
+        paths["seg"] = out_dir / f"{name}_seg.nii.gz"
+    if "dicom-seg" in formats:
+        paths["dicom_seg"] = out_dir / f"{name}_seg.dcm"
+    return {**paths, "keypoints": out_dir / f"{name}_keypoints.json",
             "stats": out_dir / f"{name}_stats.json",
             "preview": out_dir / f"{name}_preview.png"}
 
@@ -59,33 +83,63 @@ def png_bytes(image) -> bytes:
 
 
 def keypoints_doc(result: SegmentationResult) -> dict:
-    return {"scar_net": __version__, "backend": result.backend,
-            "coordinates": {"voxel": "input file voxel indices (i, j, k)",
-                            "world_mm": "scanner coordinates from the input affine"},
-            "keypoints": [vars(k) for k in result.keypoints]}
+    doc = {"scar_net": __version__, "backend": result.backend,
+           "coordinates": {"voxel": "input file voxel indices (i, j, k)",
+                           "world_mm": "scanner coordinates from the input affine"},
+           "keypoints": [vars(k) for k in result.keypoints]}
+    dicom = dicom_source(result.volume)
+    if dicom is not None:  # DICOM input: UIDs to join the result back to the PACS
+        doc["dicom"] = dicom.to_json()
+        doc["coordinates"] = {"voxel": "(column, row, slice) of the series, slice indexing "
+                              "dicom.sop_instance_uids",
+                              "world_mm": "RAS+ scanner coordinates (DICOM LPS with x, y negated)"}
+        uids = dicom.sop_instance_uids
+        doc["keypoints"] = [{**k, "sop_instance_uid": uids[min(max(round(k["voxel"][2]), 0),
+                                                                len(uids) - 1)]}
+                            for k in doc["keypoints"]]
+    return doc
 
 
 def stats_doc(result: SegmentationResult, input_path: Path | None) -> dict:
-    return {"scar_net": __version__, "input": str(input_path) if input_path else None,
-            "backend": result.backend, "spacing_mm": list(result.volume.spacing),
-            "structures": result.stats(), "postprocessing": result.report.to_dict()}
+    doc = {"scar_net": __version__, "input": str(input_path) if input_path else None,
+           "backend": result.backend, "spacing_mm": list(result.volume.spacing),
+           "structures": result.stats(), "postprocessing": result.report.to_dict()}
+    dicom = dicom_source(result.volume)
+    if dicom is not None:
+        doc["dicom"] = {k: v for k, v in dicom.to_json().items() if k.endswith("_uid")}
+    return doc
 
 
 def write_case(result: SegmentationResult, out_dir: Path, *, name: str | None = None,
-               force: bool = False) -> list[Path]:
+               force: bool = False, formats: tuple[str, ...] = ("nifti",),
+               algorithm: AlgorithmInfo | None = None) -> list[Path]:
+    """``formats``: "nifti" and/or "dicom-seg" (which needs DICOM input and ``algorithm``, the
+    model's identity; no DICOM-SEG is written when no structure was found)."""
     from scar_runtime.preview import render_preview
 
     src = result.volume.path
     name = name or (nifti_stem(src) if src else "volume")
-    paths = output_paths(out_dir, name)
+    paths = output_paths(out_dir, name, formats)
     # everything is rendered in memory first: nothing touches OUT_DIR until all of it exists
-    files = {
-        paths["seg"]: nifti_gz_bytes(result.to_nifti()),
-        paths["keypoints"]: _json_bytes(keypoints_doc(result)),
-        paths["stats"]: _json_bytes(stats_doc(result, src)),
-        paths["preview"]: png_bytes(render_preview(result)),
-    }
-    written = write_files_atomic(files, force=force, inputs=(src,) if src else ())
+    files = {}
+    if "seg" in paths:
+        files[paths["seg"]] = nifti_gz_bytes(result.to_nifti())
+    if "dicom_seg" in paths:
+        from scar_runtime.dicom_seg import segmentation_bytes
+
+        if algorithm is None:
+            raise ConfigError("a DICOM-SEG needs the model's identity (AlgorithmInfo)")
+        seg_bytes = segmentation_bytes(result, algorithm)
+        if seg_bytes is not None:
+            files[paths["dicom_seg"]] = seg_bytes
+    files[paths["keypoints"]] = _json_bytes(keypoints_doc(result))
+    files[paths["stats"]] = _json_bytes(stats_doc(result, src))
+    files[paths["preview"]] = png_bytes(render_preview(result))
+    dicom = dicom_source(result.volume)
+    inputs = (src,) if src else ()
+    if dicom is not None:  # never over one of the series' files either
+        inputs = (*inputs, *dicom.files)
+    written = write_files_atomic(files, force=force, inputs=inputs)
     written += write_label_map(out_dir)
     return written
 
