@@ -19,6 +19,7 @@ import numpy as np
 from scar_runtime import labels as L
 from scar_runtime.errors import DataIndexError
 from scar_runtime.hashing import file_sha256
+from scar_runtime.index_schema import validate_index_file
 from scar_runtime.io import Volume, check_same_grid, load_volume
 
 SUPERVISION_KINDS = ("vertebrae", "discs", "keypoints")
@@ -125,6 +126,7 @@ def read_index(path: Path | str, *, check_files: bool = True) -> list[Case]:
     path = Path(path)
     if not path.is_file():
         raise DataIndexError(f"{path}: no such data index file")
+    validate_index_file(path)  # the schema first: wrong types, deep JSON -> one clear error
     try:
         entries = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
