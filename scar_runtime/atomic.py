@@ -107,6 +107,25 @@ def signals_raise() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
+def check_folder_creatable(folder: Path | str) -> None:
+    """Refuse an output folder that is a file, lies under a file, or cannot be written or
+    created, before any work (a training run must not find out after loading its data)."""
+    folder = Path(folder)
+    if folder.exists():
+        if not folder.is_dir():
+            raise OutputError(f"{folder} is a file, expected a folder")
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise OutputError(f"{folder} is not writable")
+        return
+    parent = folder.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise OutputError(f"cannot create {folder}: {parent} is a file")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot create {folder}: {parent} is not writable")
+
+
 def _output_folder(path: Path) -> Path:
     """The folder ``path`` will be written in, which must exist and be writable."""
     folder = path.parent if str(path.parent) else Path(".")

@@ -55,6 +55,8 @@ class ResourceError(ScarError):
 
 _NO_SPACE = {28: "no space left on the output device (disk or inodes full)",  # ENOSPC
              122: "disk quota exceeded"}  # EDQUOT
+_NO_ACCESS = {1: "operation not permitted", 13: "permission denied",  # EPERM, EACCES
+              30: "read-only file system"}  # EROFS
 
 
 def _one_line(text: str) -> str:
@@ -78,6 +80,9 @@ def from_library(e: BaseException) -> ScarError | None:
     if isinstance(e, OSError) and e.errno in _NO_SPACE:
         where = f" ({e.filename})" if getattr(e, "filename", None) else ""
         return ResourceError(f"{_NO_SPACE[e.errno]}{where}")
+    if isinstance(e, OSError) and e.errno in _NO_ACCESS:
+        where = f": {e.filename}" if getattr(e, "filename", None) else ""
+        return OutputError(f"{_NO_ACCESS[e.errno]}{where}")
     text = str(e).lower()
     module = type(e).__module__ or ""
     if module.startswith("onnxruntime") and ("allocat" in text or "bad_alloc" in text

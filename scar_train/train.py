@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from scar_runtime.atomic import check_folder_creatable
 from scar_runtime.dataset import Case, index_hash, read_index
 from scar_runtime.errors import ConfigError, DataIndexError
 from scar_runtime.preprocess import PreprocessConfig
@@ -131,11 +132,15 @@ def train(cfg: TrainConfig) -> dict:
         torch.set_num_threads(cfg.threads)
     di = setup_distributed(device)
     out = Path(cfg.out)
+    check_folder_creatable(out)  # a file or a read-only place: refused before any work
     index_path = Path(cfg.data)
     cases = read_index(index_path)
     train_cases, val_cases = split_for_run(cases, cfg)
     if not train_cases:
         raise DataIndexError(f"{index_path}: the train split is empty")
+    # Every training case is read before anything is written: an unusable index (an unreadable
+    # image, a mask on another grid) leaves no config.json or log.jsonl behind.
+    prepared = [prepare_case(c, PREPROCESS) for c in train_cases]
 
     last = out / "last.pt"
     start_step, best = 0, -1.0
@@ -179,7 +184,6 @@ def train(cfg: TrainConfig) -> dict:
                   train_cases=len(train_cases), val_cases=len(val_cases),
                   data_index_sha256=data_hash)
 
-    prepared = [prepare_case(c, PREPROCESS) for c in train_cases]
     # each rank and each resume point gets its own stream of batches
     sampler = SliceSampler(prepared, crop=(cfg.crop, cfg.crop), batch_size=cfg.batch,
                            weak_per_batch=cfg.weak_per_batch, disc_fraction=cfg.disc_fraction,
