@@ -9,6 +9,7 @@ evaluation.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from dataclasses import dataclass
@@ -22,7 +23,23 @@ from scar_runtime.hashing import file_sha256
 from scar_runtime.index_schema import validate_index_file
 from scar_runtime.io import Volume, check_same_grid, load_volume
 
-SUPERVISION_KINDS = ("vertebrae", "discs", "keypoints")
+SUPERVISION_KINDS = ("vertebrae", "discs", "both", "keypoints")
+# Which structure kinds a supervision kind's masks label ("both": SPIDER-style masks).
+_MASK_KINDS = {"vertebrae": {"vertebra", "sacrum"}, "discs": {"disc"},
+               "both": {"vertebra", "disc", "sacrum"}}
+
+
+@functools.lru_cache(maxsize=4096)
+def _keypoint_kinds(path: Path) -> frozenset[str]:
+    """Structure kinds a key-point file annotates (its ``labelled_kinds``); older files without
+    the field give vertebral-body centres only."""
+    try:
+        kinds = json.loads(path.read_text()).get("labelled_kinds", ["vertebra"])
+    except (OSError, ValueError) as e:
+        raise DataIndexError(f"{path}: unreadable key-point file ({e})") from e
+    if not isinstance(kinds, list) or not all(k in ("vertebra", "disc") for k in kinds):
+        raise DataIndexError(f"{path}: labelled_kinds must be a list of 'vertebra'/'disc'")
+    return frozenset(kinds)
 
 
 @dataclass(frozen=True)
@@ -36,7 +53,7 @@ class Case:
     meta: Path | None
     levels: tuple[str, ...]
     subject: str  # cases of one subject never straddle train/val or two folds
-    supervision: str  # "vertebrae" | "discs" | "keypoints"
+    supervision: str  # "vertebrae" | "discs" | "both" | "keypoints"
 
     @property
     def id(self) -> str:
@@ -47,24 +64,37 @@ class Case:
         """Model classes this case's mask labels; every other foreground class is unknown.
 
         A vertebra set labels all lumbar vertebral bodies in its field of view (and leaves discs
-        unknown); a disc set the reverse; a key-point set labels no class at all.
+        unknown); a disc set the reverse; a "both" set (SPIDER) labels both kinds; a key-point set
+        labels no class at all. An anchor class (T12, T12/L1, S1) is labelled only where the case
+        lists that level: chu2015 labels T12 but myosegmentum does not (its T12 is unlabelled
+        bone, not background), and SPIDER leaves the sacrum unlabelled.
         """
-        if self.supervision == "vertebrae":
-            return frozenset(L.VERTEBRA_IDS)
-        if self.supervision == "discs":
-            return frozenset(L.DISC_IDS)
-        return frozenset()
+        kinds = _MASK_KINDS.get(self.supervision)
+        if kinds is None:
+            return frozenset()
+        lumbar = {s.model_id for s in L.STRUCTURES if s.kind in kinds}
+        anchors = {s.model_id for s in L.ANCHORS if s.kind in kinds and s.name in self.levels}
+        return frozenset(lumbar | anchors)
+
+    @property
+    def labelled_kinds(self) -> frozenset[str]:
+        """Structure kinds this case annotates in any form (mask or key-points)."""
+        if self.supervision == "keypoints":
+            return _keypoint_kinds(self.keypoints) if self.keypoints else frozenset({"vertebra"})
+        return frozenset(_MASK_KINDS[self.supervision])
 
     @property
     def labelled_keypoints(self) -> frozenset[int]:
         """Key-point indices this case gives a target for (present levels of labelled kinds)."""
-        ids = {L.level_to_model_id(lv) for lv in self.levels}
+        ids = {L.level_to_model_id(lv) for lv in self.levels} & set(L.LUMBAR_IDS)
         if self.supervision == "keypoints":
-            # key-point files give vertebral-body centres only (see the index's kp files)
-            ids = {i for i in ids if i in L.VERTEBRA_IDS}
+            # the file says which kinds it annotates (Tianchi: bodies AND discs; SpineSource:
+            # vertebral-body box centres only)
+            kinds = self.labelled_kinds
+            ids = {i for i in ids if L.BY_ID[i].kind in kinds}
         else:
             ids = {i for i in ids if i in self.labelled_classes}
-        return frozenset(L.keypoint_index(i) for i in ids if i is not None)
+        return frozenset(L.keypoint_index(i) for i in ids)
 
     def load_image(self) -> Volume:
         return load_volume(self.image)
@@ -79,13 +109,25 @@ class Case:
         seg.data = L.verse_to_model(seg.data)
         return seg
 
+    def load_raw_seg(self, image: Volume | None = None) -> np.ndarray:
+        """The mask's own (VerSe) ids in the working layout: every structure the set labels,
+        thoracic and sacral ones included, for "far from every labelled structure"."""
+        if self.seg is None:
+            raise DataIndexError(f"{self.id} has no segmentation")
+        seg = load_volume(self.seg, as_labels=True)
+        if image is not None:
+            check_same_grid(image, seg)
+        return seg.data
+
     def score(self, pred: np.ndarray, gt: np.ndarray, image: Volume):
         """Metrics of a working-layout prediction on the structures this case's set labels:
         other classes are zeroed first (a disc predicted on a vertebra-only set is neither
         right nor wrong). One place for validation, the model card and the benchmark."""
         from scar_runtime.metrics import evaluate_case
 
-        pred = np.where(np.isin(pred, list(self.labelled_classes)), pred, 0).astype(np.uint8)
+        scored = self.labelled_classes & set(L.LUMBAR_IDS)
+        pred = np.where(np.isin(pred, list(scored)), pred, 0).astype(np.uint8)
+        gt = np.where(np.isin(gt, list(scored)), gt, 0).astype(np.uint8)
         return evaluate_case(pred, gt, image.spacing, image.affine, name=self.id)
 
     def load_keypoints(self) -> dict[int, np.ndarray]:
@@ -99,7 +141,7 @@ class Case:
         out = {}
         for level, p in points.items():
             mid = L.level_to_model_id(level)
-            if mid is None or L.keypoint_index(mid) not in self.labelled_keypoints:
+            if mid not in L.LUMBAR_IDS or L.keypoint_index(mid) not in self.labelled_keypoints:
                 continue
             out[L.keypoint_index(mid)] = np.asarray(p["world_mm"], dtype=np.float64)
         return out
@@ -107,15 +149,14 @@ class Case:
 
 def _supervision(entry: dict) -> str:
     if entry.get("seg"):
-        kinds = {L.BY_NAME[lv].kind for lv in entry.get("levels", []) if lv in L.BY_NAME}
+        kinds = {s.kind for s in L.STRUCTURES if s.name in entry.get("levels", [])}
         if kinds == {"disc"}:
             return "discs"
         if kinds == {"vertebra"}:
             return "vertebrae"
-        if not kinds:
-            raise DataIndexError(f"case {entry.get('case')}: a mask without lumbar levels")
-        raise DataIndexError(
-            f"case {entry.get('case')}: masks with both vertebrae and discs are not supported yet")
+        if kinds == {"vertebra", "disc"}:
+            return "both"
+        raise DataIndexError(f"case {entry.get('case')}: a mask without lumbar levels")
     if entry.get("keypoints"):
         return "keypoints"
     raise DataIndexError(f"case {entry.get('case')}: neither 'seg' nor 'keypoints' is given")

@@ -38,6 +38,12 @@ def train(
     ckpt_every: int = typer.Option(50, help="Write last.pt every N steps."),
     threads: int | None = typer.Option(None, help="CPU threads (default: all cores)."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    init: Path | None = typer.Option(
+        None, "--init", help="Start from this checkpoint's weights (fine-tuning); classes are "
+        "matched by id, new classes start fresh."),
+    disc_fraction: float = typer.Option(0.25, help="Share of mask samples from disc-only sets."),
+    both_fraction: float = typer.Option(
+        0.35, help="Share of mask samples from sets labelling vertebrae and discs."),
 ):
     """Train SCAR-Net with mixed supervision (masks + key-points) and partial labels."""
     from scar_train.train import train as run_training
@@ -49,9 +55,10 @@ def train(
                       use_mcca=not no_mcca, use_at=not no_at, augment=not no_augment,
                       seed=seed, fold=fold, folds=folds, val_every=val_every,
                       log_every=log_every, ckpt_every=ckpt_every, threads=threads,
-                      device=device, resume=resume)
+                      device=device, resume=resume, init=str(init) if init else None,
+                      disc_fraction=disc_fraction, both_fraction=both_fraction)
     summary = run_training(cfg)
-    typer.echo(f"done: step {summary['step']}, best val mean Dice {summary['best_mean_dice']:.4f}"
+    typer.echo(f"done: step {summary['step']}, best val score {summary['best_mean_dice']:.4f}"
                f", checkpoints in {out}")
 
 

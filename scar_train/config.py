@@ -23,7 +23,8 @@ class TrainConfig:
     max_steps: int | None = None  # stop after this many optimiser steps (smoke runs)
     batch: int = 8
     weak_per_batch: int = 2  # key-point-only samples in each batch (paper: 2 full + 2 weak)
-    disc_fraction: float = 0.25  # share of mask samples drawn from disc-labelled sets
+    disc_fraction: float = 0.25  # share of mask samples drawn from disc-only sets
+    both_fraction: float = 0.35  # share drawn from sets labelling vertebrae AND discs (SPIDER)
     crop: int = 256
     rec_weight: float = 50.0  # lambda (paper sweeps 40..100)
     heatmap_pos_weight: float = 20.0  # heatmap MSE weight 1 + this * target (see losses.py)
@@ -40,6 +41,7 @@ class TrainConfig:
     threads: int | None = None
     device: str = "auto"
     resume: bool = False
+    init: str | None = None  # checkpoint whose weights start this run (fine-tuning)
 
     def __post_init__(self):
         if self.size not in ("small", "paper"):

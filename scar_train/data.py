@@ -3,8 +3,14 @@
 Each case is loaded once (``scar_runtime.io`` -> ``preprocess.resample_image``: normalised and at
 the network's in-plane spacing) and kept in memory. Batches are random 2D crops of sagittal
 slices with a joint random rotation/scale (image, mask and key-points move together) and intensity
-jitter. Batches mix fully annotated cases (masks) and weakly annotated ones (key-points only), and
-every sample says which classes and key-points its data set labels, for the partial-label loss.
+and contrast augmentation. Batches mix fully annotated cases (masks) and weakly annotated ones
+(key-points only), and every sample says which classes and key-points its data set labels, for the
+partial-label loss.
+
+Every sample also carries ``distance``: per pixel, the distance (mm) to the nearest structure its
+set labels. Far from every labelled structure nothing lumbar can be, whatever the set labels, so
+the loss treats such pixels as known background for every class (see ``losses.py``): that is what
+teaches "not a disc" on the many vertebra-only cases, and "not lumbar anything" on key-point cases.
 """
 
 from __future__ import annotations
@@ -20,6 +26,11 @@ from scar_runtime.dataset import Case
 from scar_runtime.preprocess import PreprocessConfig, resample_image, resample_labels
 
 HEATMAP_STRIDE = 4
+# A key-point is a structure's centre, not its extent: distances from key-points are reduced by
+# this (about half a vertebral body's diagonal) before they are compared with the loss margins.
+KEYPOINT_EXTENT_MM = 25.0
+# Distances are only compared with margins below this; clipping keeps them in float16.
+DISTANCE_CLIP_MM = 200.0
 
 
 @dataclass
@@ -33,6 +44,8 @@ class PreparedCase:
     labelled_keypoints: frozenset[int] = frozenset()
     fg_slices: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=int))
     background: float = 0.0  # darkest normalised value: what padding and air look like
+    # mask cases: mm to the nearest labelled structure, same grid as image (float16)
+    distance: np.ndarray | None = None
 
     @property
     def is_weak(self) -> bool:
@@ -64,15 +77,36 @@ def _keypoints_on_grid(case: Case, vol, grid) -> dict[int, tuple[float, float, i
     return out
 
 
+def distance_to_structures(mask: np.ndarray, spacing: tuple[float, float, float]) -> np.ndarray:
+    """float16 mm from every voxel to the nearest True voxel of ``mask`` (3D, anisotropic).
+
+    Computed on a grid halved in-plane (8x less work on full-field volumes; the loss compares
+    it with margins of 15 mm and more, so the <= 1.5 mm error does not matter), then repeated
+    back. An empty mask gives DISTANCE_CLIP_MM everywhere.
+    """
+    if not mask.any():
+        return np.full(mask.shape, DISTANCE_CLIP_MM, np.float16)
+    coarse = mask[::2, ::2, :]
+    d = ndimage.distance_transform_edt(~coarse, sampling=(2 * spacing[0], 2 * spacing[1],
+                                                          spacing[2]))
+    d = np.repeat(np.repeat(d, 2, axis=0), 2, axis=1)[: mask.shape[0], : mask.shape[1]]
+    return np.minimum(d, DISTANCE_CLIP_MM).astype(np.float16)
+
+
 def prepare_case(case: Case, cfg: PreprocessConfig) -> PreparedCase:
     vol = case.load_image()
     image, grid = resample_image(vol.data, vol.inplane_spacing, cfg)
     labels = None
+    distance = None
     fg = np.zeros(0, dtype=int)
     kps: dict = {}
     if case.seg is not None:
         seg = case.load_seg(vol)
         labels = resample_labels(seg.data, grid).astype(np.uint8)
+        # every structure the mask labels counts, T11 and above included (raw ids, not classes)
+        raw = resample_labels((case.load_raw_seg(vol) > 0).astype(np.uint8), grid) > 0
+        distance = distance_to_structures(raw, (cfg.spacing_mm, cfg.spacing_mm,
+                                                float(vol.spacing[2])))
         fg = np.nonzero(np.isin(labels, list(case.labelled_classes)).any(axis=(0, 1)))[0]
     else:
         kps = _keypoints_on_grid(case, vol, grid)
@@ -83,17 +117,32 @@ def prepare_case(case: Case, cfg: PreprocessConfig) -> PreparedCase:
     return PreparedCase(case=case, image=image.astype(np.float16), labels=labels, keypoints=kps,
                         labelled_classes=case.labelled_classes,
                         labelled_keypoints=case.labelled_keypoints, fg_slices=fg,
-                        background=float(image.min()))
+                        background=float(image.min()), distance=distance)
 
 
 @dataclass(frozen=True)
 class AugmentConfig:
+    """Geometry, intensity and contrast augmentation.
+
+    The contrast terms exist because the same public sources hold T1, TIRM and water-fat images
+    beside T2 and the hidden hold-out has more scanners: gamma, a contrast inversion inside the
+    body outline (T1-like: discs and CSF dark; the air stays dark), a smooth multiplicative bias
+    field, blur and a lower in-plane resolution (thick-slice / low-field look), and noise.
+    """
+
     rotation_deg: float = 10.0
-    scale: tuple[float, float] = (0.9, 1.1)
+    scale: tuple[float, float] = (0.85, 1.15)
     intensity_scale: tuple[float, float] = (0.85, 1.15)
     intensity_shift: float = 0.15
-    gamma: tuple[float, float] = (0.75, 1.35)
-    noise_std: float = 0.05
+    gamma: tuple[float, float] = (0.6, 1.6)
+    invert_p: float = 0.15
+    bias_p: float = 0.3
+    bias_strength: float = 0.35  # field spans exp(+-strength)
+    blur_p: float = 0.2
+    blur_sigma_px: tuple[float, float] = (0.5, 1.5)
+    lowres_p: float = 0.2
+    lowres_factor: tuple[float, float] = (1.5, 3.0)
+    noise_std: float = 0.08
     enabled: bool = True
 
 
@@ -105,6 +154,7 @@ class Batch:
     has_seg: np.ndarray  # (N,) bool: a mask supervises this sample
     heatmaps: np.ndarray  # (N, 10, H/4, W/4) float32 Gaussian targets
     kp_mask: np.ndarray  # (N, 10) bool: key-point supervised (present or known absent)
+    distance: np.ndarray  # (N, H, W) float32 mm to the nearest labelled structure (see module doc)
 
 
 def gaussian_heatmaps(points: dict[int, tuple[float, float]], shape: tuple[int, int],
@@ -130,7 +180,7 @@ def _centroids_2d(labels: np.ndarray, classes) -> dict[int, tuple[float, float]]
     sum_r = np.bincount(flat, weights=rows.ravel(), minlength=L.NUM_CLASSES)
     sum_c = np.bincount(flat, weights=cols.ravel(), minlength=L.NUM_CLASSES)
     return {L.keypoint_index(c): (sum_r[c] / counts[c], sum_c[c] / counts[c])
-            for c in classes if c != 0 and counts[c] > 0}
+            for c in classes if c in L.LUMBAR_IDS and counts[c] > 0}
 
 
 class SliceSampler:
@@ -138,8 +188,9 @@ class SliceSampler:
 
     def __init__(self, cases: list[PreparedCase], *, crop: tuple[int, int] = (256, 256),
                  batch_size: int = 8, weak_per_batch: int = 2, disc_fraction: float = 0.25,
-                 fg_fraction: float = 0.85, sigma_px: float = 6.0,
-                 augment: AugmentConfig | None = None, seed: int = 0):
+                 both_fraction: float = 0.35, fg_fraction: float = 0.85, sigma_px: float = 6.0,
+                 augment: AugmentConfig | None = None, seed: int = 0,
+                 spacing_mm: float = 1.0):
         self.full = [c for c in cases if not c.is_weak and len(c.fg_slices)]
         self.weak = [c for c in cases if c.is_weak and len(c.fg_slices)]
         if not self.full and not self.weak:
@@ -152,13 +203,19 @@ class SliceSampler:
         self.disc_fraction = disc_fraction
         self.fg_fraction = fg_fraction
         self.sigma_px = sigma_px
+        self.spacing_mm = spacing_mm  # the prepared grid's in-plane spacing
         self.augment = augment or AugmentConfig()
         self.rng = np.random.default_rng(seed)
-        discs = [c for c in self.full if c.labelled_classes == frozenset(L.DISC_IDS)]
-        others = [c for c in self.full if c not in discs]
-        # Few disc cases exist: draw them with a fixed share instead of by their count.
-        self._groups = [(g, w) for g, w in ((others, 1 - disc_fraction), (discs, disc_fraction))
-                        if g]
+        by_kind = {k: [c for c in self.full if c.case.supervision == k]
+                   for k in ("vertebrae", "discs", "both")}
+        # Few disc-only and both-kind cases exist, against many vertebra-only ones: draw each
+        # group with a fixed share instead of by its count (the shares of absent groups go to
+        # the others).
+        shares = {"vertebrae": max(0.0, 1 - disc_fraction - both_fraction),
+                  "discs": disc_fraction, "both": both_fraction}
+        self._groups = [(g, shares[k]) for k, g in by_kind.items() if g and shares[k] > 0]
+        if not self._groups and self.full:
+            self._groups = [(self.full, 1.0)]
 
     def _pick_full(self) -> PreparedCase:
         groups, weights = zip(*self._groups, strict=True)
@@ -204,15 +261,25 @@ class SliceSampler:
             y = ndimage.affine_transform(lab, A, offset=offset, output_shape=(h, w), order=0,
                                          mode="constant", cval=0, prefilter=False)
             points = _centroids_2d(y, sorted(pc.labelled_classes))
+            dist = ndimage.affine_transform(pc.distance[:, :, s].astype(np.float32), A,
+                                            offset=offset, output_shape=(h, w), order=1,
+                                            mode="constant", cval=DISTANCE_CLIP_MM,
+                                            prefilter=False)
         else:
             y = np.zeros((h, w), np.uint8)
             points = {}
+            anchors = []
             for k, (r, c, lo, hi) in pc.keypoints.items():
-                if lo <= s <= hi:
-                    q = Ainv @ (np.array([r, c]) - offset)
-                    if 0 <= q[0] < h and 0 <= q[1] < w:
-                        points[k] = (float(q[0]), float(q[1]))
-        return x, y, points, pc
+                q = Ainv @ (np.array([r, c]) - offset)
+                anchors.append(q)  # every annotated centre bounds where structures can be
+                if lo <= s <= hi and 0 <= q[0] < h and 0 <= q[1] < w:
+                    points[k] = (float(q[0]), float(q[1]))
+            dist = _distance_to_points(anchors, (h, w), self._mm_per_px(A))
+        return x, y, points, pc, dist
+
+    def _mm_per_px(self, A: np.ndarray) -> float:
+        # the grid is at the preprocessing spacing; A scales output pixels to source pixels
+        return float(np.sqrt(abs(np.linalg.det(A)))) * self.spacing_mm
 
     def _intensity(self, x: np.ndarray) -> np.ndarray:
         a, rng = self.augment, self.rng
@@ -221,7 +288,21 @@ class SliceSampler:
         lo, hi = float(x.min()), float(x.max())
         if hi > lo:
             u = (x - lo) / (hi - lo)
-            x = u ** rng.uniform(*a.gamma) * (hi - lo) + lo
+            if rng.random() < a.invert_p:
+                # invert inside the body only: air stays dark, as on real T1/TIRM images
+                body = ndimage.uniform_filter(u, 9) > 0.08
+                u = np.where(body, np.clip(1.05 - u, 0, 1), u)
+            if rng.random() < a.bias_p:
+                u = u * _bias_field(u.shape, a.bias_strength, rng)
+            u = np.clip(u, 0, None) ** rng.uniform(*a.gamma)
+            if rng.random() < a.lowres_p:
+                f = rng.uniform(*a.lowres_factor)
+                small = ndimage.zoom(u, 1 / f, order=1)
+                u = ndimage.zoom(small, np.array(u.shape) / np.array(small.shape), order=1)
+                u = _fit(u, x.shape)
+            if rng.random() < a.blur_p:
+                u = ndimage.gaussian_filter(u, rng.uniform(*a.blur_sigma_px))
+            x = u * (hi - lo) + lo
         x = x * rng.uniform(*a.intensity_scale) + rng.uniform(-a.intensity_shift,
                                                                a.intensity_shift)
         if a.noise_std:
@@ -241,8 +322,9 @@ class SliceSampler:
                       has_seg=np.zeros(n, bool),
                       heatmaps=np.zeros((n, L.NUM_KEYPOINTS, h // HEATMAP_STRIDE,
                                          w // HEATMAP_STRIDE), np.float32),
-                      kp_mask=np.zeros((n, L.NUM_KEYPOINTS), bool))
-        for i, (x, y, points, pc) in enumerate(samples):
+                      kp_mask=np.zeros((n, L.NUM_KEYPOINTS), bool),
+                      distance=np.zeros((n, h, w), np.float32))
+        for i, (x, y, points, pc, dist) in enumerate(samples):
             batch.image[i, 0] = x
             batch.labels[i] = y
             batch.class_mask[i, 0] = True
@@ -250,4 +332,35 @@ class SliceSampler:
             batch.has_seg[i] = not pc.is_weak
             batch.heatmaps[i] = gaussian_heatmaps(points, (h, w), self.sigma_px)
             batch.kp_mask[i, list(pc.labelled_keypoints)] = True
+            batch.distance[i] = dist
         return batch
+
+
+def _distance_to_points(points: list[np.ndarray], shape: tuple[int, int],
+                        mm_per_px: float) -> np.ndarray:
+    """(H, W) mm from each pixel to the nearest key-point, less KEYPOINT_EXTENT_MM (>= 0)."""
+    if not points:
+        return np.full(shape, DISTANCE_CLIP_MM, np.float32)
+    rows, cols = np.arange(shape[0])[:, None], np.arange(shape[1])[None, :]
+    d2 = np.full(shape, np.inf)
+    for r, c in points:
+        d2 = np.minimum(d2, (rows - r) ** 2 + (cols - c) ** 2)
+    d = np.sqrt(d2) * mm_per_px - KEYPOINT_EXTENT_MM
+    return np.clip(d, 0, DISTANCE_CLIP_MM).astype(np.float32)
+
+
+def _bias_field(shape: tuple[int, int], strength: float, rng) -> np.ndarray:
+    """A smooth multiplicative field exp(p(y, x)), p a random quadratic in [-strength, strength]."""
+    y = np.linspace(-1, 1, shape[0])[:, None]
+    x = np.linspace(-1, 1, shape[1])[None, :]
+    c = rng.uniform(-1, 1, 6)
+    p = c[0] * y + c[1] * x + c[2] * y * x + c[3] * y**2 + c[4] * x**2 + c[5]
+    p = p / max(1e-6, float(np.abs(p).max()))
+    return np.exp(strength * p)
+
+
+def _fit(u: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Crop or edge-pad ``u`` to ``shape`` (zoom can be one pixel off)."""
+    u = u[: shape[0], : shape[1]]
+    pad = [(0, shape[0] - u.shape[0]), (0, shape[1] - u.shape[1])]
+    return np.pad(u, pad, mode="edge") if any(p[1] for p in pad) else u

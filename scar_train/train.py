@@ -79,6 +79,26 @@ def split_for_run(cases: list[Case], cfg: TrainConfig) -> tuple[list[Case], list
     return [c for c in pool if fold_of[c.subject] != cfg.fold], val
 
 
+def init_from_checkpoint(model: torch.nn.Module, path: str) -> None:
+    """Copy a checkpoint's weights into ``model`` (fine-tuning). Tensors of equal shape are
+    copied; a classifier with fewer classes (v0.1: 11) fills the first rows, which are the same
+    classes (labels.py keeps ids 1-10 fixed), and the new classes keep their fresh init. Any
+    other mismatch is an error, not a silent partial load."""
+    src = load_checkpoint(path)["model"]
+    own = model.state_dict()
+    for k, v in own.items():
+        if k not in src:
+            raise ConfigError(f"--init {path}: has no weight {k} (another model size?)")
+        w = src[k]
+        if w.shape == v.shape:
+            v.copy_(w)
+        elif w.dim() == v.dim() and w.shape[1:] == v.shape[1:] and w.shape[0] < v.shape[0]:
+            v[: w.shape[0]].copy_(w)
+        else:
+            raise ConfigError(f"--init {path}: {k} has shape {tuple(w.shape)}, this model "
+                              f"{tuple(v.shape)}")
+
+
 def state_digest(model: torch.nn.Module) -> str:
     h = hashlib.sha256()
     for k, v in sorted(model.state_dict().items()):
@@ -105,7 +125,8 @@ def _batch_to_torch(b, device) -> dict:
             "class_mask": torch.from_numpy(b.class_mask).to(device),
             "has_seg": torch.from_numpy(b.has_seg).to(device),
             "heatmaps": torch.from_numpy(b.heatmaps).to(device),
-            "kp_mask": torch.from_numpy(b.kp_mask).to(device)}
+            "kp_mask": torch.from_numpy(b.kp_mask).to(device),
+            "distance": torch.from_numpy(b.distance).to(device)}
 
 
 def _progress(enabled: bool):
@@ -166,6 +187,8 @@ def train(cfg: TrainConfig) -> dict:
     total = cfg.total_steps
     # lr / 5 at 1/3 and 2/3 of the planned run (the paper's schedule)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, [total // 3, 2 * total // 3], gamma=0.2)
+    if resume_doc is None and cfg.init:
+        init_from_checkpoint(model, cfg.init)
     if resume_doc is not None:
         model.load_state_dict(resume_doc["model"])
         opt.load_state_dict(resume_doc["optimizer"])
@@ -187,7 +210,9 @@ def train(cfg: TrainConfig) -> dict:
     # each rank and each resume point gets its own stream of batches
     sampler = SliceSampler(prepared, crop=(cfg.crop, cfg.crop), batch_size=cfg.batch,
                            weak_per_batch=cfg.weak_per_batch, disc_fraction=cfg.disc_fraction,
+                           both_fraction=cfg.both_fraction,
                            augment=AugmentConfig(enabled=cfg.augment),
+                           spacing_mm=PREPROCESS.spacing_mm,
                            seed=hash((cfg.seed, di.rank, start_step)) % 2**32)
 
     end = total if cfg.max_steps is None else min(total, cfg.max_steps)
@@ -236,12 +261,14 @@ def train(cfg: TrainConfig) -> dict:
                 if di.main:
                     v = validate(model, val_cases, PREPROCESS, device=device)
                     log.write(event="val", step=step, **v)
-                    score = v.get("mean_dice") or 0.0
+                    score = v.get("selection_score") or 0.0
                     if score > best:
                         best = score
                         checkpoint(step, out / "best.pt", metrics=v)
-                    print(f"val step {step}: mean Dice {score:.4f} (best {best:.4f})",
-                          flush=True)
+                    print(f"val step {step}: score {score:.4f} (best {best:.4f}) "
+                          f"VB {v.get('mean_vertebra_dice')} IVD {v.get('mean_disc_dice')} "
+                          f"far-FP max {v.get('far_fp_max')} kp median "
+                          f"{v.get('keypoint_error_median_mm')} mm", flush=True)
                 if di.world > 1:
                     dist.barrier()
             if di.main and (step % cfg.ckpt_every == 0 or step == end):
