@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -179,13 +180,20 @@ def scan_folder(root: Path | str) -> DicomScan:
             raise InputFileError(f"{root}: more than {MAX_DICOM_FILES:,} DICOM files; point scar "
                                  "at one study or a smaller folder of studies")
         try:
-            # pixel data (and other large values) stay in the file until a series is chosen
-            ds = pydicom.dcmread(path, defer_size="4 KB")
+            # pixel data (and other large values) stay in the file until a series is chosen;
+            # pydicom only warns about a file that ends early (and returns what it read)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                ds = pydicom.dcmread(path, defer_size="4 KB")
             sop_class = _file_uid(ds, "SOPClassUID") or _file_uid(
                 getattr(ds, "file_meta", None), "MediaStorageSOPClassUID")
         except (InvalidDicomError, EOFError, OSError, ValueError, TypeError, KeyError,
                 AttributeError, OverflowError) as e:
             broken.append((path, f"unreadable DICOM header ({type(e).__name__}: {e})"))
+            continue
+        ended = [str(w.message) for w in caught if "end of file" in str(w.message).lower()]
+        if ended:
+            broken.append((path, f"truncated file ({ended[0].split(' in file ')[0]})"))
             continue
         if sop_class == MEDIA_STORAGE_DIRECTORY or "DirectoryRecordSequence" in ds:
             dicomdirs.append(path)

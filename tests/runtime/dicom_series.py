@@ -25,6 +25,8 @@ from pydicom.uid import (
     generate_uid,
 )
 
+from scar_runtime.labels import BY_NAME
+
 LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
@@ -138,6 +140,23 @@ def write_series(img: nib.Nifti1Image | Path | str, folder: Path,
         ds.save_as(sub / name, enforce_file_format=True)
         paths.append(sub / name)
     return paths
+
+
+def seg_in_world(seg, into: nib.Nifti1Image) -> np.ndarray:
+    """The SEG's label map (segment labels -> model ids) resampled by exact index arithmetic onto
+    the grid of ``into``; fails if a SEG voxel centre is not on one of its voxel centres."""
+    vol = seg.get_volume(combine_segments=True)
+    to_id = np.zeros(len(seg.SegmentSequence) + 1, np.uint8)
+    for d in seg.SegmentSequence:
+        to_id[d.SegmentNumber] = BY_NAME[d.SegmentLabel.split(" ")[0]].model_id
+    ijk = np.argwhere(np.ones(vol.array.shape, bool))
+    world = (np.linalg.inv(LPS_FROM_RAS) @ vol.affine @ np.c_[ijk, np.ones(len(ijk))].T)
+    target = np.linalg.inv(into.affine) @ world
+    idx = np.rint(target[:3]).astype(int)
+    assert np.abs(target[:3] - idx).max() < 1e-3, "SEG voxels are off the NIfTI grid"
+    out = np.zeros(into.shape, np.uint8)
+    out[tuple(idx)] = to_id[vol.array[tuple(ijk.T)]]
+    return out
 
 
 def main(argv: list[str]) -> int:

@@ -18,6 +18,7 @@ pydicom = pytest.importorskip("pydicom")
 hd = pytest.importorskip("highdicom")
 
 from conftest import CHU_IMG, CHU_SEG, TEST_DATA  # noqa: E402
+from dicom_series import seg_in_world  # noqa: E402
 
 from scar_runtime import __version__  # noqa: E402
 from scar_runtime import labels as L  # noqa: E402
@@ -28,7 +29,6 @@ from scar_runtime.outputs import write_case  # noqa: E402
 from scar_runtime.segmenter import SegmentationResult, default_model_path  # noqa: E402
 
 CHU_DICOM = TEST_DATA / "fcs_vb2_chu_06_2mm_dicom"
-LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 
 
@@ -46,23 +46,6 @@ def reference_result(series: Path) -> SegmentationResult:
     ref = load_volume(CHU_SEG, as_labels=True)
     assert np.allclose(ref.affine, vol.affine, atol=1e-4)  # same grid in the working layout
     return SegmentationResult(volume=vol, labels=L.verse_to_model(ref.data), keypoints=[])
-
-
-def seg_in_world(seg, into: nib.Nifti1Image) -> np.ndarray:
-    """The SEG's label map (segment labels -> model ids) resampled by exact index arithmetic onto
-    the grid of ``into``; fails if a SEG voxel centre is not on one of its voxel centres."""
-    vol = seg.get_volume(combine_segments=True)
-    to_id = np.zeros(len(seg.SegmentSequence) + 1, np.uint8)
-    for d in seg.SegmentSequence:
-        to_id[d.SegmentNumber] = L.BY_NAME[d.SegmentLabel.split(" ")[0]].model_id
-    ijk = np.argwhere(np.ones(vol.array.shape, bool))
-    world = (LPS_TO_RAS @ vol.affine @ np.c_[ijk, np.ones(len(ijk))].T)
-    target = np.linalg.inv(into.affine) @ world
-    idx = np.rint(target[:3]).astype(int)
-    assert np.abs(target[:3] - idx).max() < 1e-3, "SEG voxels are off the NIfTI grid"
-    out = np.zeros(into.shape, np.uint8)
-    out[tuple(idx)] = to_id[vol.array[tuple(ijk.T)]]
-    return out
 
 
 def test_dicom_seg_matches_the_nifti_output_and_the_reference(tmp_path, algorithm):
