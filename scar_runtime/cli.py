@@ -101,10 +101,15 @@ def infer_cmd(
                                     "to the input)."),
     model: Path | None = typer.Option(None, "--model", help="ONNX model or TensorRT engine "
                                       "(default: the model shipped with scar-net)."),
-    backend: str = typer.Option("auto", help="auto, tensorrt or onnxruntime."),
+    backend: str = typer.Option("auto", help="auto, onnxruntime, openvino or tensorrt (auto: "
+                                "a TensorRT engine or CUDA when present, else the fastest "
+                                "installed CPU backend, measured once)."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
-    batch: int = typer.Option(4, help="Slices per inference batch: memory grows ~0.5 GB per "
-                              "slice at 384x384 (see docs/performance.md)."),
+    precision: str = typer.Option("auto", help="auto, fp32 or bf16 (bf16: OpenVINO on a CPU "
+                                  "with native BF16, only if the model's parity gate passed; "
+                                  "auto: bf16 where allowed, else fp32)."),
+    batch: int = typer.Option(1, help="Slices per inference batch (1: fastest and lowest "
+                              "memory on a 2-core CPU; see docs/performance.md)."),
     force: bool = typer.Option(False, "--force", help="Replace existing outputs."),
     fmt: str = typer.Option("auto", "--format", help="Segmentation file: nifti, dicom-seg or "
                             "both (default: nifti for NIfTI input, both for DICOM input)."),
@@ -115,7 +120,8 @@ def infer_cmd(
     from scar_runtime.infer import run_infer
 
     summary = run_infer(input_path, out, model=model, backend=backend, device=device,
-                        batch=batch, force=force, fmt=fmt, series_uid=series)
+                        batch=batch, force=force, fmt=fmt, series_uid=series,
+                        precision=precision)
     for path in summary.written:
         typer.echo(str(path))
     if summary.failed:

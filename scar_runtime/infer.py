@@ -20,7 +20,7 @@ from scar_runtime.atomic import check_output_path
 from scar_runtime.errors import ConfigError, InputFileError, ScarError
 from scar_runtime.io import Volume, is_nifti_path, load_volume, nifti_stem
 from scar_runtime.outputs import check_out_dir, output_paths, resolve_formats, write_case
-from scar_runtime.segmenter import Segmenter
+from scar_runtime.segmenter import DEFAULT_BATCH, Segmenter
 
 _OUTPUT_NAME = re.compile(r".*_seg$")
 
@@ -90,9 +90,9 @@ def _dicom_cases(path: Path, series_uid: str | None) -> list[CaseInput]:
 
 
 def run_infer(input_path: Path, out_dir: Path | None = None, *, model: Path | None = None,
-              backend: str = "auto", device: str = "auto", batch: int = 4,
+              backend: str = "auto", device: str = "auto", batch: int = DEFAULT_BATCH,
               force: bool = False, console: Console | None = None, fmt: str = "auto",
-              series_uid: str | None = None) -> InferSummary:
+              series_uid: str | None = None, precision: str = "auto") -> InferSummary:
     """``fmt``: nifti, dicom-seg, both or auto (NIfTI for NIfTI input, both for DICOM)."""
     console = console or Console(stderr=True)
     input_path = Path(input_path)
@@ -108,7 +108,8 @@ def run_infer(input_path: Path, out_dir: Path | None = None, *, model: Path | No
             check_output_path(p, force=force, inputs=cases[0].sources)
         first = cases[0].load()
     summary = InferSummary()
-    with Segmenter(model, backend=backend, device=device, batch=batch) as seg:
+    with Segmenter(model, backend=backend, device=device, batch=batch,
+                   precision=precision) as seg:
         algorithm = None
         if any("dicom-seg" in f for f in formats.values()):
             from scar_runtime.dicom_seg import AlgorithmInfo

@@ -28,6 +28,9 @@ from scar_runtime.postprocess import PostprocessConfig, PostprocessReport, postp
 from scar_runtime.preprocess import iter_slice_batches, slices_to_labels
 
 DEFAULT_MODEL_NAME = "scarnet_small.onnx"
+# Slices per backend call. Batch 1 keeps the peak RSS lowest (the AT attention matrix grows with
+# the batch) and was not slower per slice on the 2-core CPU (docs/performance.md).
+DEFAULT_BATCH = 1
 
 
 def default_model_path() -> Path | None:
@@ -80,7 +83,8 @@ class SegmentationResult:
 
 class Segmenter:
     def __init__(self, model: Path | str | None = None, *, backend: str = "auto",
-                 device: str = "auto", batch: int = 4, threads: int | None = None,
+                 device: str = "auto", batch: int = DEFAULT_BATCH, threads: int | None = None,
+                 precision: str = "auto",
                  postprocess_config: PostprocessConfig | None = None,
                  use_postprocess: bool = True, runner: Runner | None = None):
         """``runner``: an existing backend runner (any object with the Runner interface, e.g. a
@@ -93,7 +97,8 @@ class Segmenter:
                 if model is None:
                     raise ConfigError("no model ships with this version of scar-net: pass "
                                       "--model MODEL.onnx (made with `scar export`)")
-            runner = create_runner(Path(model), backend=backend, device=device, threads=threads)
+            runner = create_runner(Path(model), backend=backend, device=device, threads=threads,
+                                   precision=precision)
         self.model = Path(model) if model is not None else Path(runner.name)
         self.batch = batch
         self.runner: Runner = runner
