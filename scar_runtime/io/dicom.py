@@ -323,11 +323,27 @@ class DicomSource:
 
 
 def _floats(ds, keyword: str, n: int) -> np.ndarray | None:
+    """``n`` finite numbers from a DS/FD attribute (one value or several), else None."""
+    raw = getattr(ds, keyword, None)
+    if raw is None:
+        return None
+    items = raw if hasattr(raw, "__iter__") and not isinstance(raw, str | bytes) else [raw]
     try:
-        v = np.array([float(x) for x in getattr(ds, keyword)], dtype=np.float64)
-    except (AttributeError, TypeError, ValueError):
+        v = np.array([float(x) for x in items], dtype=np.float64)
+    except (TypeError, ValueError, OverflowError):
         return None
     return v if v.shape == (n,) and np.all(np.isfinite(v)) else None
+
+
+def _int(ds, keyword: str, default: int) -> int | None:
+    """An integer attribute (IS/US), its default when absent or empty, None when malformed."""
+    raw = getattr(ds, keyword, None)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except (TypeError, ValueError, OverflowError):
+        return None
 
 
 def _orientation_or_none(ds) -> np.ndarray | None:
@@ -343,10 +359,11 @@ def _check_slice_headers(series: DicomSeries) -> tuple[np.ndarray, np.ndarray]:
             other = [k for k in ("FloatPixelData", "DoubleFloatPixelData") if k in ds]
             raise InvalidImageError(f"{path}: no pixel data" + (f" ({other[0]} is not "
                                                                   "supported)" if other else ""))
-        if int(getattr(ds, "NumberOfFrames", 1) or 1) != 1:
+        frames = _int(ds, "NumberOfFrames", 1)
+        if frames != 1:
             raise InvalidImageError(f"{path}: a multi-frame image ({ds.NumberOfFrames} frames); "
                                     "scar reads series of single-frame images")
-        if int(getattr(ds, "SamplesPerPixel", 1) or 1) != 1:
+        if _int(ds, "SamplesPerPixel", 1) != 1:
             raise InvalidImageError(f"{path}: a colour image ({ds.SamplesPerPixel} samples per "
                                     "pixel), expected a monochrome MR image")
         photo = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")).strip()
@@ -366,7 +383,7 @@ def _check_slice_headers(series: DicomSeries) -> tuple[np.ndarray, np.ndarray]:
                 > ORIENTATION_ATOL or abs(r @ c) > ORIENTATION_ATOL):
             raise InvalidImageError(f"{path}: ImageOrientationPatient {iop.tolist()} is not two "
                                     "orthogonal unit vectors")
-        size = (int(getattr(ds, "Rows", 0) or 0), int(getattr(ds, "Columns", 0) or 0))
+        size = (_int(ds, "Rows", 0) or 0, _int(ds, "Columns", 0) or 0)
         if min(size) < 1:
             raise InvalidImageError(f"{path}: no image size (Rows/Columns)")
         frame = _file_uid(ds, "FrameOfReferenceUID")
@@ -469,7 +486,7 @@ def _read_pixels(path: Path, ds) -> np.ndarray:
     except Exception as e:  # noqa: BLE001 - decoders raise anything from ValueError to their own
         raise InvalidImageError(f"{path}: truncated or corrupt pixel data ({type(e).__name__}: "
                                 f"{' '.join(str(e).split())[:200]})") from e
-    rows, cols = int(ds.Rows), int(ds.Columns)
+    rows, cols = _int(ds, "Rows", 0), _int(ds, "Columns", 0)
     if arr.shape != (rows, cols):
         raise InvalidImageError(f"{path}: pixel data of shape {arr.shape}, header says "
                                 f"{rows}x{cols}")

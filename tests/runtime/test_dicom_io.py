@@ -30,7 +30,7 @@ from pydicom.uid import (  # noqa: E402
     RLELossless,
 )
 
-from scar_runtime.errors import InputFileError  # noqa: E402
+from scar_runtime.errors import InputFileError, InvalidImageError  # noqa: E402
 from scar_runtime.io import dicom_source, load_volume  # noqa: E402
 from scar_runtime.io.dicom import scan_folder  # noqa: E402
 
@@ -166,3 +166,17 @@ def test_the_nifti_path_needs_neither_pydicom_nor_highdicom(tmp_path):
                         "for m in sys.modules} & {'highdicom', 'torch'}))"],
                        capture_output=True, text=True, cwd=REPO)
     assert p.returncode == 0 and p.stdout.strip() == "[]", p.stdout + p.stderr
+
+
+def test_a_single_slice_is_chosen_only_by_uid(tmp_path):
+    """One sagittal slice is not a stack to pick on its own, but --series takes it (through-plane
+    spacing from SliceThickness, as there is no neighbour)."""
+    (tmp_path / "one").mkdir()
+    shutil.copy(sorted(CHU_DICOM.iterdir())[20], tmp_path / "one" / "x.dcm")
+    uid = pydicom.dcmread(tmp_path / "one" / "x.dcm").SeriesInstanceUID
+    with pytest.raises(InvalidImageError, match="no sagittal MR image series"):
+        load_volume(tmp_path / "one")
+    vol = load_volume(tmp_path / "one", series_uid=uid)
+    assert vol.shape == (144, 49, 1) and vol.spacing == pytest.approx((2.0, 2.0, 2.0))
+    ref = load_volume(CHU_IMG)
+    assert any(np.array_equal(vol.data[:, :, 0], ref.data[:, :, k]) for k in range(39))
