@@ -46,7 +46,7 @@ STRUCTURES: tuple[Structure, ...] = (
     Structure(10, "L5/S1", "disc", 124, (0, 0, 128)),
 )
 
-# Landmarks for counting levels (predicted, written, not scored). Muted colours: context, not result.
+# Landmarks for counting levels (predicted, written, not scored). Muted colours: context.
 ANCHORS: tuple[Structure, ...] = (
     Structure(11, "T12", "vertebra", 19, (128, 128, 0)),
     Structure(12, "T12/L1", "disc", 119, (0, 128, 128)),

@@ -25,7 +25,7 @@ def render_preview(result, *, alpha: float = 0.45, max_px: int = 768) -> Image.I
     grey = np.clip((img - lo) / max(hi - lo, 1e-6), 0, 1)
     rgb = np.repeat(grey[..., None], 3, axis=2) * 255
     lab = labels[:, :, k]
-    for s in L.STRUCTURES:
+    for s in L.ALL_STRUCTURES:
         m = lab == s.model_id
         rgb[m] = (1 - alpha) * rgb[m] + alpha * np.array(s.color)
     im = Image.fromarray(rgb.astype(np.uint8))
@@ -36,7 +36,7 @@ def render_preview(result, *, alpha: float = 0.45, max_px: int = 768) -> Image.I
     size = (max(1, round(w * sx * scale)), max(1, round(h * sy * scale)))
     im = im.resize(size, Image.NEAREST)
     draw = ImageDraw.Draw(im)
-    for s in L.STRUCTURES:
+    for s in L.ALL_STRUCTURES:
         rc = np.argwhere(lab == s.model_id)
         if len(rc) == 0:
             continue

@@ -66,7 +66,7 @@ class SegmentationResult:
         """Volume (mm^3), sagittal slices present and mean input intensity per structure."""
         voxel_mm3 = float(np.prod(self.volume.spacing))
         out = {}
-        for s in L.STRUCTURES:
+        for s in L.ALL_STRUCTURES:
             m = self.labels == s.model_id
             n = int(m.sum())
             if n == 0:
@@ -151,6 +151,8 @@ class Segmenter:
         report = PostprocessReport()
         if self.use_postprocess:
             labels, report = postprocess(labels, vol.spacing, kp_mm, conf, self.post_cfg)
+            # key-point k now lies inside structure k wherever that structure exists
+            keypoints = self._moved_keypoints(vol, keypoints, report.keypoints_mm or {})
         t["postprocess_s"] += time.perf_counter() - clock
         return SegmentationResult(volume=vol, labels=labels, keypoints=keypoints, report=report,
                                   backend=self.runner.description, timings=t)
@@ -162,6 +164,26 @@ class Segmenter:
         if isinstance(image, str | Path):
             return load_volume(image)
         return volume_from_image(image)
+
+    @staticmethod
+    def _moved_keypoints(vol: Volume, keypoints: list[Keypoint],
+                         moved_mm: dict[int, np.ndarray]) -> list[Keypoint]:
+        to_src = np.linalg.inv(vol.source.affine)
+        out = []
+        for k, kp in enumerate(keypoints):
+            if k not in moved_mm:
+                out.append(kp)
+                continue
+            work = np.asarray(moved_mm[k], float) / np.array(vol.spacing)
+            world = vol.affine[:3, :3] @ work + vol.affine[:3, 3]
+            if np.allclose(world, kp.world_mm, atol=0.01):
+                out.append(kp)
+                continue
+            src = to_src[:3, :3] @ world + to_src[:3, 3]
+            out.append(Keypoint(name=kp.name, voxel=[round(float(v), 2) for v in src],
+                                world_mm=[round(float(v), 2) for v in world],
+                                confidence=kp.confidence, slice_index=int(round(work[2]))))
+        return out
 
     @staticmethod
     def _keypoints(vol: Volume, grid, kp_net, kp_conf):

@@ -1,0 +1,234 @@
+"""3D post-processing that knows the spine (working layout; see ``chain.py`` for the axes).
+
+1. Structures: 6-connected components of each kind (bodies, discs, sacrum); fragments below a
+   size floor go; a component the network gave two classes in large parts is split by class.
+2. The column: a smooth curve fitted robustly through them (``chain.py``). Structures are cut to
+   the column's radius, dropped when off it, ordered head to feet, merged when one structure
+   came in pieces, cut to the height between their neighbours; structures far larger than the
+   median of their kind are cut back to that.
+3. Names by counting along the column from an anchor (``naming.py``): the sacrum when in view,
+   else T12 / the T12-L1 disc, else the network's own classes. Thoracic structures above T12
+   are dropped. Key-points are moved so that key-point k lies inside structure k.
+4. Plausibility: fewer than ``min_lumbar_structures`` named lumbar structures, or structures far
+   too small for lumbar ones (a cervical spine, a knee, noise) -> ``lumbar_spine_found`` False
+   with a reason, and no lumbar labels at all.
+5. Holes inside each structure are filled; the report says what changed, which anchor named the
+   levels, how confident that is, and any transitional-anatomy warning.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import ndimage
+
+from scar_runtime import labels as L
+
+from .chain import fit_curve, neighbour_cut, order_and_merge, radial_cut
+from .components import Element, kind_components, shrink, split_by_class
+from .naming import class_at, keypoints_inside, name_levels
+
+__all__ = ["PostprocessConfig", "PostprocessReport", "postprocess"]
+
+
+@dataclass(frozen=True)
+class PostprocessConfig:
+    min_component_mm3: float = 150.0  # smaller fragments are noise (a lumbar body is ~30 cm^3)
+    column_radius_mm: float = 35.0  # a body is ~45 mm deep and ~50 mm wide: half + margin
+    max_offset_mm: float = 20.0  # a structure whose centre is farther off the column goes
+    max_size_ratio: float = 3.0  # a structure > this x the median of its kind is cut back
+    min_lumbar_structures: int = 3
+    # Smallest plausible lumbar sagittal cross-sections (median over the structures found):
+    # a lumbar body is ~30 x 40 mm (1,200 mm^2), a disc ~10 x 40 mm; a cervical body is
+    # ~15 x 16 mm (~250 mm^2).
+    min_body_area_mm2: float = 450.0
+    min_disc_area_mm2: float = 120.0
+    # Consecutive lumbar levels are ~37 mm apart (mean body-centre distance over 41 public
+    # cases, sd ~2 mm); cervical ones ~16 mm, thoracic ~25 mm at T12.
+    min_level_spacing_mm: float = 27.0
+    fill_holes: bool = True
+
+
+@dataclass
+class PostprocessReport:
+    corrections: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    order_warnings: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # transitional anatomy, anchor conflicts
+    lumbar_spine_found: bool = True
+    reason: str | None = None
+    anchor: str | None = None  # "sacrum" | "T12" | "network classes"
+    naming_confidence: float | None = None
+    keypoint_moves: list[str] = field(default_factory=list)
+    # key-point index -> mm (the frame of the input key-points), moved inside their structures
+    keypoints_mm: dict[int, np.ndarray] | None = None
+
+    def to_dict(self) -> dict:
+        return {"lumbar_spine_found": self.lumbar_spine_found, "reason": self.reason,
+                "level_naming": {"anchor": self.anchor, "confidence": self.naming_confidence},
+                "warnings": self.warnings, "corrections": self.corrections,
+                "removed": self.removed, "order_warnings": self.order_warnings,
+                "keypoint_moves": self.keypoint_moves}
+
+
+def postprocess(labels: np.ndarray, spacing, keypoints_mm: dict[int, np.ndarray] | None = None,
+                confidences: dict[int, float] | None = None,
+                cfg: PostprocessConfig | None = None) -> tuple[np.ndarray, PostprocessReport]:
+    """Clean and name a working-layout label volume; returns ``(labels, report)``.
+
+    ``keypoints_mm``: key-point index -> position in mm in the SAME frame as ``voxel * spacing``;
+    ``report.keypoints_mm`` then holds them moved inside the structures of their name.
+    ``confidences`` is accepted for API compatibility; naming does not use the key-points.
+    """
+    cfg = cfg or PostprocessConfig()
+    spacing = np.asarray(spacing, dtype=np.float64)
+    report = PostprocessReport()
+    out, _ = _column(labels, spacing, cfg, report)
+    if cfg.fill_holes:
+        _fill_holes(out)
+    _check_order(out, report)
+    if keypoints_mm is not None:
+        kvox = {k: np.asarray(p, float) / spacing for k, p in keypoints_mm.items()}
+        moved, report.keypoint_moves = keypoints_inside(out, kvox, spacing)
+        report.keypoints_mm = {k: v * spacing for k, v in moved.items()}
+    return out, report
+
+
+def _not_found(report: PostprocessReport, reason: str, shape) -> tuple[np.ndarray, list]:
+    report.lumbar_spine_found = False
+    report.reason = reason
+    return np.zeros(shape, np.uint8), []
+
+
+def _column(labels, spacing, cfg: PostprocessConfig, report: PostprocessReport):
+    floor_vox = cfg.min_component_mm3 / float(np.prod(spacing))
+    els = kind_components(labels, spacing, floor_vox, report.removed)
+    if not els:
+        return _not_found(report, "no vertebral body or disc was predicted", labels.shape)
+    els = [p for e in els for p in split_by_class(e, labels, floor_vox)]
+    curve, inl = fit_curve(els)
+    kept = []
+    for e, ok in zip(els, inl, strict=True):
+        cut = radial_cut(e, curve, cfg.column_radius_mm, labels)
+        far = cut.voxels < floor_vox or curve.offset_mm(cut.centroid_mm) > cfg.max_offset_mm
+        if far or not ok:
+            report.removed.append(f"{_name(e)} ({e.voxels} voxels): off the spinal column")
+            continue
+        if cut.voxels < e.voxels:
+            report.removed.append(f"{_name(e)}: {e.voxels - cut.voxels} voxels farther than "
+                                  f"{cfg.column_radius_mm:.0f} mm from the column cut")
+        kept.append(cut)
+    kept = order_and_merge(kept, labels)
+    kept = neighbour_cut(kept, labels, report.removed)
+    kept = _cut_oversized(kept, cfg, labels, report)
+    if not kept:
+        return _not_found(report, "no structure lies on a spinal column", labels.shape)
+    naming = name_levels(kept)
+    report.anchor, report.naming_confidence = naming.anchor, naming.confidence
+    report.warnings += naming.warnings
+    out = np.zeros(labels.shape, np.uint8)
+    named = []
+    for e, p in zip(kept, naming.positions, strict=True):
+        c = class_at(p)
+        if c == 0:
+            report.removed.append(f"{_name(e)} at position {p}: above T12 or below the sacrum "
+                                  "(not a lumbar level)")
+            continue
+        top = int(e.votes.argmax())
+        if top != c:
+            report.corrections.append(f"{L.BY_ID[top].name} ({e.voxels} voxels) named "
+                                      f"{L.BY_ID[c].name} by counting from the {naming.anchor}"
+                                      if naming.anchor != "network classes" else
+                                      f"{L.BY_ID[top].name} ({e.voxels} voxels) named "
+                                      f"{L.BY_ID[c].name} (level order)")
+        region = out[e.box]
+        region[e.mask] = c
+        named.append((e, c))
+    reason = _implausible([(e, c) for e, c in named if c in L.LUMBAR_IDS], cfg)
+    if reason:
+        report.removed.append(f"all structures: {reason}")
+        return _not_found(report, reason, labels.shape)
+    return out, [e for e, _ in named]
+
+
+def _implausible(lumbar: list[tuple[Element, int]], cfg: PostprocessConfig) -> str | None:
+    if len(lumbar) < cfg.min_lumbar_structures:
+        return (f"only {len(lumbar)} lumbar structure(s) along a spinal column "
+                f"(at least {cfg.min_lumbar_structures} needed)")
+    steps = []
+    for kind_ids in (L.VERTEBRA_IDS, L.DISC_IDS):
+        cs = sorted((c, e.centroid_mm) for e, c in lumbar if c in kind_ids)
+        steps += [float(np.linalg.norm(b[1] - a[1])) / (b[0] - a[0])
+                  for a, b in zip(cs, cs[1:], strict=False)]
+    if steps and np.median(steps) < cfg.min_level_spacing_mm:
+        return (f"consecutive levels are {np.median(steps):.0f} mm apart, lumbar ones "
+                f">= {cfg.min_level_spacing_mm:.0f} mm; not a lumbar spine?")
+    bodies = [e.sagittal_area_mm2 for e, c in lumbar if c in L.VERTEBRA_IDS]
+    discs = [e.sagittal_area_mm2 for e, c in lumbar if c in L.DISC_IDS]
+    if bodies and np.median(bodies) < cfg.min_body_area_mm2:
+        return (f"vertebral bodies of {np.median(bodies):.0f} mm^2 sagittal area are too small "
+                f"for lumbar ones (>= {cfg.min_body_area_mm2:.0f}); not a lumbar spine?")
+    if not bodies and discs and np.median(discs) < cfg.min_disc_area_mm2:
+        return (f"discs of {np.median(discs):.0f} mm^2 sagittal area are too small for lumbar "
+                "ones; not a lumbar spine?")
+    return None
+
+
+def _cut_oversized(els: list[Element], cfg: PostprocessConfig, labels,
+                   report: PostprocessReport) -> list[Element]:
+    """A structure far larger than the median of its kind is cut back to a box of the median's
+    height around the column at its centre; it is dropped if it is still too large."""
+    out = []
+    for kind in ("vertebra", "disc"):
+        same = [e for e in els if e.kind == kind]
+        if len(same) < 3:
+            continue
+        med = float(np.median([e.voxels for e in same]))
+        heights = [e.si_range_mm[1] - e.si_range_mm[0] for e in same]
+        h = float(np.median(heights))
+        for e in same:
+            if e.voxels <= cfg.max_size_ratio * med:
+                continue
+            c = e.centroid_mm[0]
+            rows = np.arange(e.box[0].start, e.box[0].stop) * e.spacing[0]
+            keep = np.broadcast_to((np.abs(rows - c) <= 0.75 * h)[:, None, None], e.mask.shape)
+            cut = shrink(e, keep, labels)
+            report.removed.append(f"{_name(e)}: {e.voxels} voxels, {e.voxels / med:.1f}x the "
+                                  f"median {kind}; cut to {cut.voxels}")
+            e.mask, e.box, e.votes = cut.mask, cut.box, cut.votes
+    for e in els:
+        if e.voxels:
+            out.append(e)
+    return out
+
+
+def _name(e: Element) -> str:
+    return f"{e.kind} predicted {L.BY_ID[int(e.votes.argmax())].name}" if e.voxels else e.kind
+
+
+def _fill_holes(out: np.ndarray) -> None:
+    boxes = ndimage.find_objects(out, max_label=L.NUM_CLASSES - 1)
+    for c, box in enumerate(boxes, start=1):
+        if box is None:
+            continue
+        region = out[box]
+        filled = ndimage.binary_fill_holes(region == c)
+        region[filled & (region == 0)] = c
+
+
+def _mean_row(mask: np.ndarray) -> float:
+    counts = mask.sum(axis=tuple(range(1, mask.ndim)), dtype=np.int64)
+    return float((counts * np.arange(len(counts))).sum() / counts.sum())
+
+
+def _check_order(out: np.ndarray, report: PostprocessReport) -> None:
+    """Report structures whose head-feet position contradicts T12, T12/L1, L1, ..., S1."""
+    boxes = ndimage.find_objects(out, max_label=L.NUM_CLASSES - 1)
+    rows = {c: _mean_row(out[box] == c) + box[0].start
+            for c, box in enumerate(boxes, start=1) if box is not None}
+    present = [c for c in L.CRANIOCAUDAL_ORDER_ALL if c in rows]
+    for a, b in zip(present, present[1:], strict=False):
+        if rows[a] >= rows[b]:  # axis 0 runs superior -> inferior in the working layout
+            report.order_warnings.append(
+                f"{L.BY_ID[a].name} is not above {L.BY_ID[b].name}")
