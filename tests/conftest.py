@@ -22,6 +22,8 @@ CHU_IMG = TEST_DATA / "fcs_vb2_chu_06_2mm_img.nii.gz"
 CHU_SEG = TEST_DATA / "fcs_vb2_chu_06_2mm_seg.nii.gz"
 IVD_IMG = TEST_DATA / "fcs_ivd_menezes_25_2mm_img.nii.gz"
 IVD_SEG = TEST_DATA / "fcs_ivd_menezes_25_2mm_seg.nii.gz"
+SPIDER_IMG = TEST_DATA / "spider_005_2mm_img.nii.gz"  # vertebral bodies AND discs
+SPIDER_SEG = TEST_DATA / "spider_005_2mm_seg.nii.gz"
 CERVICAL_IMG = TEST_DATA / "cervical_tptbox" / "sub-mri_label-6_T2w.nii.gz"
 CERVICAL_SEG = TEST_DATA / "cervical_tptbox" / "sub-mri_seg-vert_label-6_msk.nii.gz"
 
