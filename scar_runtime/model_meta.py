@@ -81,7 +81,22 @@ class ModelMetadata:
             )
         except (KeyError, ValueError, TypeError) as e:
             raise ModelError(f"{where}: damaged scar metadata ({e})") from e
-        if meta.labels.get("num_classes") != L.NUM_CLASSES:
-            raise ModelError(f"{where}: label map with {meta.labels.get('num_classes')} classes; "
-                             f"this scar-net knows {L.NUM_CLASSES}")
+        _check_label_map(meta.labels, where)
         return meta
+
+
+def _check_label_map(labels: dict, where: str) -> None:
+    """A model's classes must mean what this scar-net's classes mean: same ids, same names. A
+    model may know fewer (v0.1 has no anchor classes 11-13: its ids 0-10 are the same)."""
+    n = labels.get("num_classes")
+    classes = labels.get("classes")
+    if not isinstance(n, int) or not isinstance(classes, list) or not 2 <= n <= L.NUM_CLASSES:
+        raise ModelError(f"{where}: label map with {n} classes; this scar-net knows "
+                         f"{L.NUM_CLASSES}")
+    for c in classes:
+        cid = c.get("id") if isinstance(c, dict) else None
+        ours = L.CLASS_NAMES[cid] if isinstance(cid, int) and 0 <= cid < L.NUM_CLASSES else None
+        name = c.get("name") if isinstance(c, dict) else c
+        if ours is None or name != ours:
+            raise ModelError(f"{where}: its class {cid} is {name!r}, this scar-net's is "
+                             f"{ours!r}: made for another label map")

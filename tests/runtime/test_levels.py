@@ -1,0 +1,117 @@
+"""Levels named right on real volumes through the shipped model (`scar infer` defaults).
+
+The volume is the shipped sample: a crop of val case vb_chu2015/14 (1 mm, T12-L5 labelled, never
+trained on). Fields of view that start or end elsewhere must not shift the names; a header that
+flips the head-feet axis (same world image) must give the same world-space result; a cervical
+scan must give "no lumbar spine" and no lumbar labels.
+"""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+from conftest import CERVICAL_IMG, REPO, run_scar
+
+from scar_runtime import labels as L
+from scar_runtime.cli import NO_LUMBAR_SPINE_EXIT
+from scar_runtime.io import load_volume
+from scar_runtime.segmenter import Segmenter
+
+SAMPLE = REPO / "scar_runtime" / "sample"
+IMG, SEG = SAMPLE / "chu2015_14_crop_img.nii.gz", SAMPLE / "chu2015_14_crop_seg.nii.gz"
+
+
+@pytest.fixture(scope="module")
+def seg():
+    with Segmenter(batch=1) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def sample():
+    img, gt = nib.load(str(IMG)), nib.load(str(SEG))
+    return img, L.verse_to_model(np.asarray(gt.dataobj))
+
+
+def _crop(img: nib.Nifti1Image, rows: slice) -> nib.Nifti1Image:
+    """Rows of axis 0 (superior->inferior here) with the affine shifted: same world positions."""
+    return img.slicer[rows]
+
+
+def _names_at_centres(labels: np.ndarray, gt: np.ndarray, full: np.ndarray | None = None,
+                      min_share: float = 0.6) -> dict:
+    """Predicted class at the centre of every lumbar structure in view: at least ``min_share``
+    of its voxels in ``full`` (the uncropped reference) lie inside the crop."""
+    out = {}
+    for c in L.LUMBAR_IDS:
+        vox = np.argwhere(gt == c)
+        total = (full == c).sum() if full is not None else len(vox)
+        if len(vox) and len(vox) >= min_share * total:
+            out[L.BY_ID[c].name] = L.CLASS_NAMES[labels[tuple(np.round(vox.mean(0)).astype(int))]]
+    return out
+
+
+def _segment(seg, img):
+    res = seg.segment(img)
+    return res, np.asarray(res.to_nifti().dataobj)
+
+
+def test_full_sample_levels_right(seg, sample):
+    img, gt = sample
+    res, lab = _segment(seg, img)
+    assert res.report.lumbar_spine_found
+    names = _names_at_centres(lab, gt)
+    assert names == {n: n for n in names} and len(names) == 5
+
+
+@pytest.mark.parametrize("rows, what", [(slice(22, None), "T12 and L1 at the top edge"),
+                                        (slice(None, 222), "L5/S1 at the bottom edge")])
+def test_levels_right_when_the_view_is_cut(seg, sample, rows, what):
+    img, gt = sample
+    res, lab = _segment(seg, _crop(img, rows))
+    g = gt[rows]
+    names = _names_at_centres(lab, g, gt)
+    assert len(names) == 5, what
+    assert names == {n: n for n in names}, f"{what}: {names} ({res.report.to_dict()})"
+
+
+def test_three_crop_heights_give_the_same_names(seg, sample):
+    img, gt = sample
+    seen = []
+    for rows in (slice(None, None), slice(30, 230), slice(60, None)):
+        _, lab = _segment(seg, _crop(img, rows))
+        seen.append(_names_at_centres(lab, gt[rows], gt))
+    common = set.intersection(*(set(s) for s in seen))
+    assert len(common) >= 3
+    for name in common:
+        assert {s[name] for s in seen} == {name}, seen
+
+
+def test_header_flip_gives_the_identical_world_space_result(seg, sample, tmp_path):
+    img, _ = sample
+    data = np.asarray(img.dataobj)
+    flip = np.diag([-1.0, 1, 1, 1])
+    flip[0, 3] = data.shape[0] - 1
+    aff = img.affine @ flip  # voxel i of the flipped file is voxel n-1-i of the original
+    flipped = nib.Nifti1Image(data[::-1].copy(), aff, img.header)
+    flipped.set_qform(aff, 1)
+    flipped.set_sform(aff, 1)
+    _, a = _segment(seg, img)
+    rb, b = _segment(seg, flipped)
+    np.testing.assert_array_equal(b[::-1], a)
+    np.testing.assert_allclose(rb.to_nifti().affine, aff)
+
+
+def test_cervical_scan_has_no_lumbar_spine(tmp_path):
+    out = tmp_path / "out"
+    p = run_scar("infer", CERVICAL_IMG, "-o", out)
+    assert p.returncode == NO_LUMBAR_SPINE_EXIT, p.stderr
+    assert "no lumbar spine found" in p.stderr
+    stem = CERVICAL_IMG.name.removesuffix(".nii.gz")
+    stats = json.loads((out / f"{stem}_stats.json").read_text())
+    assert stats["lumbar_spine_found"] is False and stats["reason"]
+    lab = load_volume(out / f"{stem}_seg.nii.gz", as_labels=True).data
+    assert not np.isin(lab, L.LUMBAR_IDS).any()
