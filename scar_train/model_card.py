@@ -3,7 +3,8 @@
     python -m scar_train.model_card --model MODEL.onnx --data INDEX.json --out card.json
 
 Per data set: per-structure 3D Dice in the paper's Table 2 layout (L1..L5, L1/L2..L5/S1, VB /
-IVD / all averages), HD95, level-identification rate, and the vertebra-centre error in mm
+IVD averages), HD95, the share of cases with every level named right, the far-false-positive
+share and the size-outlier ratio (judged whatever a set labels), and the key-point error in mm
 (predicted key-points vs the reference centres: mask centroids, or the key-point files).
 Everything is computed with scar_runtime (Segmenter, metrics): the numbers are the product's.
 """
@@ -18,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from scar_runtime import labels as L
+from scar_runtime import metrics as M
 from scar_runtime.backends import read_model_metadata
 from scar_runtime.dataset import read_index
 from scar_runtime.hashing import file_sha256
@@ -25,40 +27,81 @@ from scar_runtime.metrics import summarize
 from scar_runtime.segmenter import Segmenter
 
 
-def evaluate_model(model: Path, index: Path, split: str = "val", batch: int = 4,
+def _levels_right_at_points(labels: np.ndarray, vol, points: dict[int, np.ndarray]) -> bool:
+    """Key-point case: every annotated centre lies inside the predicted structure of its name."""
+    inv = np.linalg.inv(vol.affine)
+    for k, world in points.items():
+        ijk = np.round(inv[:3, :3] @ world + inv[:3, 3]).astype(int)
+        ijk = np.clip(ijk, 0, np.array(labels.shape) - 1)
+        if labels[tuple(ijk)] != k + 1:
+            return False
+    return bool(points)
+
+
+def evaluate_case(seg: Segmenter, case) -> dict:
+    """One case through the runtime: scores, far false positives, sizes, key-points, levels."""
+    vol = case.load_image()
+    res = seg.segment(vol)
+    row = {"case": case.case, "lumbar_spine_found": res.report.lumbar_spine_found,
+           "anchor": res.report.anchor, "size_ratio": M.size_outlier_ratio(res.labels)}
+    pred_kp = {L.KEYPOINT_NAMES.index(k.name): np.array(k.world_mm) for k in res.keypoints}
+    points = case.load_keypoints()
+    row["kp_errors_mm"] = {L.KEYPOINT_NAMES[k]: float(np.linalg.norm(pred_kp[k] - ref))
+                           for k, ref in points.items()}
+    if case.seg is not None:
+        gt = case.load_seg(vol).data
+        row["score"] = case.score(res.labels, gt, vol)
+        row["far_fp"] = M.far_false_positive_share(res.labels, case.load_raw_seg(vol) > 0,
+                                                   vol.spacing)
+        row["levels_right"] = row["score"].identification_rate == 1.0
+    else:
+        inv = np.linalg.inv(vol.affine)
+        vox = [inv[:3, :3] @ w + inv[:3, 3] for w in points.values()]
+        row["far_fp"] = M.keypoint_reference_far_share(res.labels, vox, vol.spacing)
+        row["levels_right"] = _levels_right_at_points(res.labels, vol, points)
+    return row
+
+
+def evaluate_model(model: Path, index: Path, split: str = "val", batch: int = 1,
                    use_postprocess: bool = True) -> dict:
+    """Every case of ``split``, per data set: Dice (the structures a set labels), the
+    far-false-positive share and the size-outlier ratio (whatever the set labels), levels all
+    named right, key-point error (every annotated point: vertebral bodies and, where a set
+    annotates them, discs)."""
     cases = [c for c in read_index(index) if c.split == split]
-    per_set: dict[str, dict] = {}
+    per_set: dict[str, list[dict]] = {}
     t0 = time.time()
     with Segmenter(model, batch=batch, use_postprocess=use_postprocess) as seg:
         for case in cases:
-            vol = case.load_image()
-            res = seg.segment(vol)
-            entry = per_set.setdefault(case.dataset, {"scores": [], "centre_err": [], "cases": []})
-            entry["cases"].append(case.case)
-            pred_kp = {L.KEYPOINT_NAMES.index(k.name): np.array(k.world_mm)
-                       for k in res.keypoints}
-            for k, ref in case.load_keypoints().items():
-                if L.keypoint_index(L.VERTEBRA_IDS[0]) <= k <= L.keypoint_index(
-                        L.VERTEBRA_IDS[-1]):  # vertebral-body centres only
-                    entry["centre_err"].append(float(np.linalg.norm(pred_kp[k] - ref)))
-            if case.seg is not None:
-                gt = case.load_seg(vol).data
-                entry["scores"].append(case.score(res.labels, gt, vol))
+            per_set.setdefault(case.dataset, []).append(evaluate_case(seg, case))
     out = {"split": split, "model": str(model), "postprocess": use_postprocess,
            "wall_s": round(time.time() - t0, 1), "sets": {}}
-    for name, e in per_set.items():
-        s = summarize(e["scores"]) if e["scores"] else {}
-        out["sets"][name] = {
-            "cases": e["cases"], "summary": s,
-            "vertebra_centre_error_mm": (float(np.mean(e["centre_err"]))
-                                         if e["centre_err"] else None),
-            "n_centres": len(e["centre_err"])}
-    all_scores = [s for e in per_set.values() for s in e["scores"]]
-    out["all"] = summarize(all_scores) if all_scores else {}
-    errs = [x for e in per_set.values() for x in e["centre_err"]]
-    out["all"]["vertebra_centre_error_mm"] = float(np.mean(errs)) if errs else None
+    for name, rows in per_set.items():
+        out["sets"][name] = _set_summary(rows)
+    out["all"] = _set_summary([r for rows in per_set.values() for r in rows])
     return out
+
+
+def _set_summary(rows: list[dict]) -> dict:
+    scores = [r["score"] for r in rows if "score" in r]
+    errs = [e for r in rows for e in r["kp_errors_mm"].values()]
+    vb_errs = [e for r in rows for n, e in r["kp_errors_mm"].items()
+               if L.BY_NAME[n].kind == "vertebra"]
+    far = [r["far_fp"] for r in rows]
+    return {
+        "cases": [r["case"] for r in rows],
+        "summary": summarize(scores) if scores else {},
+        "vertebra_centre_error_mm": float(np.mean(vb_errs)) if vb_errs else None,
+        "keypoint_error_median_mm": float(np.median(errs)) if errs else None,
+        "n_keypoints": len(errs),
+        "far_fp_max": max(far) if far else None,
+        "far_fp_mean": float(np.mean(far)) if far else None,
+        "size_ratio_max": max((r["size_ratio"] or 0.0) for r in rows) if rows else None,
+        "levels_right": float(np.mean([r["levels_right"] for r in rows])) if rows else None,
+        "spine_found": float(np.mean([r["lumbar_spine_found"] for r in rows])) if rows else None,
+        "per_case": {r["case"]: {k: v for k, v in r.items() if k not in ("score", "case")}
+                     for r in rows},
+    }
 
 
 FACTS_MARKER = ("<!-- model-facts: tests/runtime/test_shipped_model.py checks these against the "
@@ -93,24 +136,28 @@ def _f(x, pct=True):
 
 def markdown(card: dict) -> str:
     names = list(L.KEYPOINT_NAMES)
-    head = ("| set | " + " | ".join(names)
-            + " | VB | IVD | all | HD95 mm | level id | centre err mm |")
-    lines = [head, "|" + "---|" * (len(names) + 7)]
-    rows = list(card["sets"].items()) + [("**all**", {"summary": card["all"],
-                                                      "vertebra_centre_error_mm":
-                                                      card["all"].get("vertebra_centre_error_mm")})]
+    head = ("| set (cases) | " + " | ".join(names)
+            + " | VB | IVD | HD95 mm | levels right | far-FP max % | size ratio max "
+              "| kp err median mm |")
+    lines = [head, "|" + "---|" * (len(names) + 8)]
+    rows = list(card["sets"].items()) + [("**all**", card["all"])]
     for name, e in rows:
         s = e.get("summary") or {}
         st = s.get("structures", {})
         cells = [_f(st.get(n, {}).get("dice_3d")) if st.get(n, {}).get("n") else "n/l"
                  for n in names]
         hd = [v.get("hd95_mm") for v in st.values() if v.get("hd95_mm") is not None]
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {_f(s.get('mean_vertebra_dice'))}"
-                     f" | {_f(s.get('mean_disc_dice'))} | {_f(s.get('mean_dice'))} | "
+        lines.append(f"| {name} ({len(e['cases'])}) | " + " | ".join(cells)
+                     + f" | {_f(s.get('mean_vertebra_dice'))} | {_f(s.get('mean_disc_dice'))} | "
                      f"{_f(float(np.mean(hd)) if hd else None, False)} | "
-                     f"{_f(s.get('identification_rate'))} | "
-                     f"{_f(e.get('vertebra_centre_error_mm'), False)} |")
-    return "\n".join(lines) + "\n\nDice in %, n/l = not labelled by that set.\n"
+                     f"{_f(e.get('levels_right'))} | {_f(e.get('far_fp_max'))} | "
+                     f"{_f(e.get('size_ratio_max'), False)} | "
+                     f"{_f(e.get('keypoint_error_median_mm'), False)} |")
+    return ("\n".join(lines) + "\n\nDice in %, n/l = not labelled by that set. levels right: "
+            "share of cases with every labelled level named right (key-point sets: every "
+            "annotated centre inside the structure of its name). far-FP: share of predicted "
+            "lumbar voxels > 20 mm from every labelled structure (key-point sets: > 45 mm from "
+            "every annotated centre). size ratio: largest structure / median of its kind.\n")
 
 
 def main() -> None:
@@ -122,7 +169,7 @@ def main() -> None:
     ap.add_argument("--no-postprocess", action="store_true", help="score the bare network")
     a = ap.parse_args()
     card = evaluate_model(a.model, a.data, a.split, use_postprocess=not a.no_postprocess)
-    a.out.write_text(json.dumps(card, indent=1))
+    a.out.write_text(json.dumps(card, indent=1, default=str))
     print(facts_markdown(model_facts(a.model)))
     print(markdown(card))
 
