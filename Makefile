@@ -15,6 +15,11 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check "$(TORCH_SPEC)"
 	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[$(EXTRAS)]"
+	# type stubs only (for tests/export/test_gpu_typing.py): --no-deps, since they depend on
+	# the download-stub `tensorrt` package, and outside site-packages, where their tensorrt/
+	# folder would make `import tensorrt` succeed without TensorRT
+	-$(PY) -m pip install --quiet --disable-pip-version-check --no-deps \
+		--target $(VENV)/typing-stubs tensorrt-stubs
 	touch $@
 
 test: install

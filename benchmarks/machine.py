@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 LIBRARIES = ("numpy", "scipy", "nibabel", "torch", "onnx", "onnxruntime", "onnxruntime-gpu",
+             "openvino",
              "onnxscript", "tensorrt", "cuda-python", "matplotlib", "scar-net")
 CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile")
 

@@ -40,6 +40,7 @@ class ModelSet:
     onnx: Path | None  # FP32
     onnx_fp16: Path | None = None
     onnx_int8: Path | None = None
+    onnx_v01: Path | None = None  # the v0.1 export form (49-tap dynamic conv), for comparison
     meta: object = None  # ModelMetadata of the FP32 model
     ckpt_info: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
@@ -52,6 +53,7 @@ class ModelSet:
 
         return {"checkpoint": p(self.checkpoint), "onnx": p(self.onnx),
                 "onnx_fp16": p(self.onnx_fp16), "onnx_int8": p(self.onnx_int8),
+                "onnx_v01_form": p(self.onnx_v01),
                 "checkpoint_info": self.ckpt_info, "preparation_s": self.prep_s,
                 "int8": self.int8_info, "notes": self.notes,
                 "model_config": self.meta.model_config if self.meta else None,
@@ -117,9 +119,11 @@ def check_same_model(meta, info: dict, where: str) -> None:
 # ------------------------------------------------------------------------------------- exports
 
 
-def export_from_checkpoint(ckpt: Path, out: Path, *, fp16: bool) -> float:
+def export_from_checkpoint(ckpt: Path, out: Path, *, fp16: bool, fast_forms: bool = True
+                           ) -> float:
     """``scar export``'s own export path (module, dynamo export, metadata, single file), without
-    its parity check (the benchmark measures accuracy itself); returns seconds."""
+    its parity check (the benchmark measures accuracy itself); returns seconds.
+    ``fast_forms=False``: the v0.1 graph (the traced 49-tap dynamic conv)."""
     from scar_export.api import training_summary
     from scar_export.model import export_module, load_model
     from scar_export.onnx_export import export_onnx, save_onnx, set_metadata
@@ -128,7 +132,7 @@ def export_from_checkpoint(ckpt: Path, out: Path, *, fp16: bool) -> float:
 
     t0 = time.time()
     model, ck = load_model(ckpt)
-    proto = export_onnx(export_module(model, fp16=fp16))
+    proto = export_onnx(export_module(model, fp16=fp16), fast_forms=fast_forms)
     meta = ModelMetadata(preprocess=PreprocessConfig.from_dict(ck["preprocess"]),
                          model_config=model.config.to_dict(),
                          precision="fp16" if fp16 else "fp32",
@@ -142,14 +146,23 @@ def export_from_checkpoint(ckpt: Path, out: Path, *, fp16: bool) -> float:
     return time.time() - t0
 
 
-def _cached_export(ms: ModelSet, out: Path, *, fp16: bool, log) -> Path:
+def _cached_export(ms: ModelSet, out: Path, *, fp16: bool, log, fast_forms: bool = True
+                   ) -> Path:
     """Export the checkpoint to ``out`` unless a cached copy is there (the name holds its hash)."""
-    precision = "fp16" if fp16 else "fp32"
+    precision = ("fp16" if fp16 else "fp32") + ("" if fast_forms else "_v01")
     if not out.is_file():
         log(f"exporting {ms.checkpoint} to ONNX {precision.upper()} (cached as {out.name}) ...")
         ms.prep_s[f"export_{precision}_s"] = round(
-            export_from_checkpoint(ms.checkpoint, out, fp16=fp16), 1)
+            export_from_checkpoint(ms.checkpoint, out, fp16=fp16, fast_forms=fast_forms), 1)
     return out
+
+
+def ensure_v01_form(ms: ModelSet, cache: Path, *, log) -> None:
+    """The checkpoint exported the v0.1 way (49-tap Slice/Mul/Add dynamic conv), cached: the
+    baseline of the export-form speed-up, measured in the same run."""
+    ck_hash = file_sha256(ms.checkpoint)[:16]
+    ms.onnx_v01 = _cached_export(ms, cache / f"fp32-v01-{ck_hash}.onnx", fp16=False, log=log,
+                                 fast_forms=False)
 
 
 def ensure_exports(ms: ModelSet, cache: Path, *, want_fp16: bool, log) -> None:

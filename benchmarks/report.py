@@ -8,7 +8,10 @@ from pathlib import Path
 
 from scar_runtime.labels import STRUCTURES
 
-TABLE2_COLUMNS = tuple(s.name for s in STRUCTURES) + ("VB avg", "IVD avg", "All avg")
+# far-FP max: the largest share of predicted lumbar voxels > 20 mm from every labelled
+# structure over the val cases (scar_runtime.metrics.far_false_positive_share), beside Dice
+TABLE2_COLUMNS = tuple(s.name for s in STRUCTURES) + ("VB avg", "IVD avg", "All avg",
+                                                     "far-FP max")
 SCHEMA_VERSION = 1
 
 LABELS = {
@@ -23,10 +26,16 @@ LABELS = {
     ("onnxruntime", "fp16", "cuda"): "ONNX Runtime FP16 (CUDA)",
     ("tensorrt", "fp32", "cuda"): "TensorRT FP32",
     ("tensorrt", "fp16", "cuda"): "TensorRT FP16",
+    ("auto", "auto", "cpu"): "Default path (scar infer, auto)",
+    ("onnxruntime", "fp32v01", "cpu"): "ONNX Runtime FP32, v0.1 export form (CPU)",
+    ("openvino", "fp32", "cpu"): "OpenVINO FP32 (CPU)",
+    ("openvino", "bf16", "cpu"): "OpenVINO BF16 (CPU)",
+    ("openvino", "int8", "cpu"): "OpenVINO INT8 static QDQ (CPU)",
 }
 
 
-SHORT = {"pytorch": "PyTorch", "onnxruntime": "ORT", "tensorrt": "TensorRT"}
+SHORT = {"pytorch": "PyTorch", "onnxruntime": "ORT", "tensorrt": "TensorRT", "openvino": "OV",
+         "auto": "default"}
 
 
 def short_label(backend: str, precision: str, device: str) -> str:
@@ -55,9 +64,10 @@ def table2(summary: dict) -> dict:
     row["VB avg"] = summary.get("mean_vertebra_dice")
     row["IVD avg"] = summary.get("mean_disc_dice")
     row["All avg"] = summary.get("mean_dice")
+    row["far-FP max"] = summary.get("far_fp_max")
     n = {s.name: st.get(s.name, {}).get("n", 0) for s in STRUCTURES}
     n.update({"VB avg": summary.get("n_vertebra", 0), "IVD avg": summary.get("n_disc", 0),
-              "All avg": summary.get("n_labelled", 0)})
+              "All avg": summary.get("n_labelled", 0), "far-FP max": summary.get("n_cases", 0)})
     return {"dice": row, "n": n}
 
 
@@ -113,6 +123,10 @@ def build_rows(variants: list[dict], results: dict[str, dict], *, gflop: dict | 
                                                            "write_s")} if vol else None,
                 "volume_n": vol.get("n"),
                 "peak_rss_mb": res.get("peak_rss_mb"),
+                "description": res.get("description"),
+                "big_volume_s": (res.get("big_volume") or {}).get("total_s"),
+                "big_volume_shape": (res.get("big_volume") or {}).get("shape"),
+                "big_volume_peak_rss_mb": (res.get("big_volume") or {}).get("peak_rss_mb"),
                 "gflop_per_slice": g, "gflops_achieved": achieved,
                 "peak_fraction": round(achieved / peak["peak_gflops"], 3)
                 if achieved and peak.get("peak_gflops") else None,
@@ -127,6 +141,88 @@ def build_rows(variants: list[dict], results: dict[str, dict], *, gflop: dict | 
                 row["error"] = res["error"]
             rows.append(row)
     return rows
+
+
+# ---------------------------------------------------------------------------------- targets
+
+
+def _row(doc: dict, backend: str, precision: str, batch: int | None = None) -> dict | None:
+    return next((x for x in doc["rows"] if x["status"] == "ok" and x["backend"] == backend
+                 and x["precision"] == precision and x["device"] == "cpu"
+                 and (batch is None or x["batch"] == batch)), None)
+
+
+def _ratio(a, b) -> float | None:
+    return round(a / b, 2) if a and b else None
+
+
+def targets(doc: dict) -> dict:
+    """Issue 14's ratios and bounds, all from this run's rows (None where a row is missing)."""
+    out: dict = {}
+    auto = _row(doc, "auto", "auto")
+    if auto:
+        b = auto["batch"]
+        torch_same = _row(doc, "pytorch", "fp32", b)
+        torch_best = min((x for x in doc["rows"] if x["status"] == "ok"
+                          and (x["backend"], x["precision"], x["device"])
+                          == ("pytorch", "fp32", "cpu") and x["volume_s"]),
+                         key=lambda x: x["volume_s"], default=None)
+        out["default_path"] = {
+            "runner": auto.get("description"), "batch": b, "volume_s": auto["volume_s"],
+            "speedup_vs_pytorch_same_batch": _ratio((torch_same or {}).get("volume_s"),
+                                                    auto["volume_s"]),
+            "speedup_vs_pytorch_best_batch": _ratio((torch_best or {}).get("volume_s"),
+                                                    auto["volume_s"]),
+            "pytorch_best_batch": (torch_best or {}).get("batch"),
+            "peak_rss_mb": auto["peak_rss_mb"], "big_volume_shape": auto["big_volume_shape"],
+            "big_volume_s": auto["big_volume_s"],
+            "big_volume_peak_rss_mb": auto["big_volume_peak_rss_mb"]}
+    new, old = _row(doc, "onnxruntime", "fp32", 1), _row(doc, "onnxruntime", "fp32v01", 1)
+    if new and old:
+        out["export_form_speedup_ort_fp32_batch1"] = _ratio(old["slice_ms_p50"],
+                                                            new["slice_ms_p50"])
+    for backend in ("onnxruntime", "openvino"):
+        for b in sorted({x["batch"] for x in doc["rows"]}):
+            f32, i8 = _row(doc, backend, "fp32", b), _row(doc, backend, "int8", b)
+            if f32 and i8:
+                out[f"int8_speedup_{backend}_batch{b}"] = _ratio(f32["slice_ms_p50"],
+                                                                 i8["slice_ms_p50"])
+    ov, ort_ = _row(doc, "openvino", "fp32", 1), _row(doc, "onnxruntime", "fp32", 1)
+    if ov and ort_:
+        out["openvino_vs_onnxruntime_fp32_batch1"] = _ratio(ort_["slice_ms_p50"],
+                                                            ov["slice_ms_p50"])
+    return out
+
+
+def targets_section(doc: dict) -> list[str]:
+    t = doc.get("targets") or targets(doc)
+    if not t:
+        return []
+    lines = ["", "## Issue 14 targets, from this run", ""]
+    d = t.get("default_path")
+    if d:
+        lines += [f"- Default path ({d['runner']}, batch {d['batch']}) on the reference volume: "
+                  f"{_f(d['volume_s'], 2)} s end to end (target <= 2.5 s); "
+                  f"{_f(d['speedup_vs_pytorch_same_batch'], 2)}x PyTorch eager FP32 at the "
+                  f"same batch, {_f(d['speedup_vs_pytorch_best_batch'], 2)}x at PyTorch's best "
+                  f"batch ({d['pytorch_best_batch']}) (target >= 4x); peak RSS "
+                  f"{_f(d['peak_rss_mb'], 0)} MB (target <= 1000)"]
+        if d.get("big_volume_shape"):
+            lines += [f"- Default path on a {' x '.join(map(str, d['big_volume_shape']))} volume "
+                      f"(the reference volume resampled): {_f(d['big_volume_s'], 1)} s, peak "
+                      f"RSS {_f(d['big_volume_peak_rss_mb'], 0)} MB (target <= 2000)"]
+    if t.get("export_form_speedup_ort_fp32_batch1"):
+        lines += ["- ONNX Runtime FP32 per slice, batch 1: the new export form is "
+                  f"{_f(t['export_form_speedup_ort_fp32_batch1'], 2)}x the v0.1 form of the "
+                  "same checkpoint (target >= 2x)"]
+    for k, v in t.items():
+        if k.startswith("int8_speedup_"):
+            backend, b = k.removeprefix("int8_speedup_").rsplit("_batch", 1)
+            lines += [f"- INT8 vs FP32, {backend}, batch {b}: {_f(v, 2)}x (pays at >= 1.5x)"]
+    if t.get("openvino_vs_onnxruntime_fp32_batch1"):
+        lines += [f"- OpenVINO FP32 vs ONNX Runtime FP32 per slice, batch 1: "
+                  f"{_f(t['openvino_vs_onnxruntime_fp32_batch1'], 2)}x"]
+    return lines
 
 
 # ---------------------------------------------------------------------------------- markdown
@@ -181,18 +277,22 @@ def render_markdown(doc: dict) -> str:
               f"{tr.get('step')}, {params}{_f(r.get('gflop_latency'), 2)} GFLOP per "
               f"{s['size']}x{s['size']} slice (counted)"]
     rows = [x for x in doc["rows"] if x["status"] == "ok"]
+    lines += targets_section(doc)
+    lat_rows = [x for x in rows if x["slice_ms_p50"] is not None]
     lines += ["", f"## Latency per slice ({s['size']}x{s['size']} crops of real val slices)", "",
               f"Median (p50) and p95 over timed calls after {s['warmup']} warm-up calls; at "
               "batch 8 a call's time is divided by 8. Throughput = batch / median call time. "
               "Peak RSS: the backend's own process (fresh subprocess), through the latency and "
-              "end-to-end phases.", ""]
+              "end-to-end phases. Labels = ref: pixels of the 8 latency slices (batch-1 calls) "
+              "labelled as the reference backend labels them.", ""]
     lines += _table(["Backend", "Batch", "p50 ms", "p95 ms", "n", "slices/s", "GFLOP/s",
-                     "% of GEMM peak", "peak RSS MB"],
+                     "% of GEMM peak", "peak RSS MB", "labels = ref"],
                     [[x["label"], str(x["batch"]), _f(x["slice_ms_p50"]), _f(x["slice_ms_p95"]),
                       _f(x["latency_n"], 0), _f(x["throughput_slices_s"]),
                       _f(x["gflops_achieved"]), _f(100 * x["peak_fraction"]
                                                     if x["peak_fraction"] else None),
-                      _f(x["peak_rss_mb"], 0)] for x in rows])
+                      _f(x["peak_rss_mb"], 0), _f(x.get("label_agreement"), 5)]
+                     for x in lat_rows])
     vol = data["volume"]
     shape = " x ".join(map(str, vol["shape"]))
     lines += ["", f"## Per volume, end to end (`{vol['case']}`, {shape} voxels)", "",
@@ -201,11 +301,12 @@ def render_markdown(doc: dict) -> str:
               "(`scar infer`'s outputs: labels, key-points, stats, preview). Seconds, the run "
               "with the median total of n.", ""]
     lines += _table(["Backend", "Batch", "total s", "load", "preprocess", "inference",
-                     "post-process", "write", "n"],
+                     "post-process", "write", "n", "peak RSS MB"],
                     [[x["label"], str(x["batch"]), _f(x["volume_s"], 2)]
                      + [_f((x["volume_split_s"] or {}).get(k), 2)
                         for k in ("load_s", "preprocess_s", "inference_s", "postprocess_s",
-                                  "write_s")] + [_f(x["volume_n"], 0)] for x in rows])
+                                  "write_s")] + [_f(x["volume_n"], 0), _f(x["peak_rss_mb"], 0)]
+                     for x in rows if x["volume_s"] is not None])
     g = r.get("gemm", {})
     lines += ["", "## Roofline", "",
               f"- Counted: {_f(r.get('gflop_latency'), 3)} GFLOP per {s['size']}x{s['size']} "

@@ -29,6 +29,7 @@ from benchmarks.report import (
     accuracy_section,
     build_rows,
     label,
+    targets,
     variant_key,
     write_outputs,
 )
@@ -36,13 +37,24 @@ from scar_runtime.errors import ScarError
 
 # (backend, precision, device, notes) in report order; GPU ones are skipped with a reason here.
 VARIANTS = (
+    ("auto", "auto", "cpu", ["the default path, `scar infer` with no options: backend and "
+                             "precision picked by `auto` (measured in the worker, fresh "
+                             "cache), default batch; end to end and peak RSS only"]),
     ("pytorch", "fp32", "cpu", ["PyTorch eager (torch.inference_mode), the exported module"]),
     ("onnxruntime", "fp32", "cpu", []),
+    ("onnxruntime", "fp32v01", "cpu", ["the v0.1 export form of the same checkpoint (traced "
+                                       "49-tap Slice/Mul/Add dynamic conv): latency only, the "
+                                       "baseline of the export-form speed-up"]),
     ("onnxruntime", "int8", "cpu", ["INT8: static QDQ (onnxruntime.quantization.quantize_static)"
                                     " calibrated on TRAIN slices"]),
     ("onnxruntime", "fp16", "cpu", ["FP16 on CPU is cast-emulated: ONNX Runtime inserts casts "
                                     "and computes in FP32, so this row checks FP16 numerics, "
                                     "not FP16 speed"]),
+    ("openvino", "fp32", "cpu", ["OpenVINO on the same FP32 ONNX file"]),
+    ("openvino", "bf16", "cpu", ["OpenVINO BF16 inference precision, measured here without a "
+                                 "gate record (users need a passed one)"]),
+    ("openvino", "int8", "cpu", ["the same QDQ INT8 model as ONNX Runtime INT8, run by "
+                                 "OpenVINO"]),
     ("pytorch", "fp32", "cuda", ["GPU timings include host<->device copies"]),
     ("pytorch", "fp16", "cuda", ["GPU timings include host<->device copies"]),
     ("onnxruntime", "fp32", "cuda", ["GPU timings include host<->device copies"]),
@@ -134,6 +146,15 @@ def _torch_available() -> bool:
     return True
 
 
+def _openvino_reason() -> str | None:
+    """Why the OpenVINO rows cannot run here, or None."""
+    import importlib.util
+
+    if importlib.util.find_spec("openvino") is None:
+        return "openvino is not installed (pip install 'scar-net[openvino]')"
+    return None
+
+
 def _cuda_torch() -> bool:
     try:
         import torch
@@ -168,7 +189,30 @@ def prepare(args, st: S.Settings, chosen: list[tuple], threads: int, workdir: Pa
     np.save(lat_path, lat)
 
     skipped: dict[tuple, str] = {}
-    if ("onnxruntime", "int8", "cpu") in want:
+    if ("onnxruntime", "fp32v01", "cpu") in want:
+        if not st.v01_form:
+            skipped[("onnxruntime", "fp32v01", "cpu")] = (
+                "quick mode: the v0.1-form comparison (an extra export) is in the full run")
+        elif ms.checkpoint is None or not _torch_available():
+            skipped[("onnxruntime", "fp32v01", "cpu")] = (
+                "the v0.1 form is exported from the checkpoint: pass --checkpoint (needs torch)")
+        else:
+            from benchmarks import models as M
+
+            M.ensure_v01_form(ms, args.cache_dir, log=_log)
+    ov_reason = _openvino_reason()
+    for p in ("fp32", "bf16", "int8"):
+        if ov_reason and ("openvino", p, "cpu") in want:
+            skipped[("openvino", p, "cpu")] = ov_reason
+    if not ov_reason and ("openvino", "bf16", "cpu") in want:
+        from scar_runtime.backends.openvino import cpu_capabilities
+
+        caps = cpu_capabilities()
+        if "BF16" not in caps:
+            skipped[("openvino", "bf16", "cpu")] = (
+                f"this CPU has no native BF16 (OpenVINO reports {', '.join(caps)}): BF16 would "
+                "run as FP32 or emulated")
+    if ("onnxruntime", "int8", "cpu") in want or ("openvino", "int8", "cpu") in want:
         from scar_runtime.dataset import index_hash
 
         if data.train_cases:
@@ -192,7 +236,8 @@ def prepare(args, st: S.Settings, chosen: list[tuple], threads: int, workdir: Pa
                           calib_source=source, op_types=st.int8_op_types,
                           keep_io_fp32=st.int8_keep_io_fp32, log=_log)
         except Exception as e:  # quantisation is fragile across ORT versions: report, go on
-            skipped[("onnxruntime", "int8", "cpu")] = f"quantisation failed: {e}"
+            for b in ("onnxruntime", "openvino"):
+                skipped.setdefault((b, "int8", "cpu"), f"quantisation failed: {e}")
 
     _log(f"measuring the FP32 matrix-multiply peak ({threads} thread"
          f"{'' if threads == 1 else 's'}) ...")
@@ -245,8 +290,9 @@ def prepare(args, st: S.Settings, chosen: list[tuple], threads: int, workdir: Pa
                 reason = "torch is not installed"
             elif p == "fp16" and d == "cpu":
                 reason = "PyTorch FP16 on CPU is not benchmarked"
-        if reason is None and b in ("onnxruntime", "tensorrt"):
-            model = {"fp32": ms.onnx, "fp16": ms.onnx_fp16, "int8": ms.onnx_int8}[p]
+        if reason is None and b in ("onnxruntime", "tensorrt", "openvino", "auto"):
+            model = {"fp32": ms.onnx, "fp16": ms.onnx_fp16, "int8": ms.onnx_int8,
+                     "bf16": ms.onnx, "auto": ms.onnx, "fp32v01": ms.onnx_v01}[p]
             if model is None:
                 reason = ("no FP16 model: pass --onnx-fp16 MODEL.onnx (`scar export --fp16`) or "
                           "--checkpoint to export one" if p == "fp16" else f"no {p} model")
@@ -260,12 +306,21 @@ def prepare(args, st: S.Settings, chosen: list[tuple], threads: int, workdir: Pa
             variants.append({"key": key, "skip": reason, "backend": b, "precision": p,
                              "device": d})
             continue
+        batches, phases, env = list(st.batches), ["latency", "volume", "accuracy"], {}
+        if b == "auto":  # the default path: scar infer's batch, end to end, a fresh choice
+            from scar_runtime.segmenter import DEFAULT_BATCH
+
+            batches, phases = [DEFAULT_BATCH], ["volume", "big_volume"]
+            env = {"XDG_CACHE_HOME": str(workdir / "xdg-cache")}
+        elif p == "fp32v01":
+            phases = ["latency"]
         specs.append({
-            "variant": key, "backend": b, "precision": p, "device": d,
+            "variant": key, "backend": b, "precision": p, "device": d, "phases": phases,
+            "env": env, "big_volume": list(st.big_volume) if st.big_volume else None,
             "runner": "torch" if b == "pytorch" else "runtime",
             "checkpoint": str(ms.checkpoint) if ms.checkpoint else None,
             "model": str(model) if model else None, "threads": threads,
-            "batches": list(st.batches), "warmup": st.warmup, "reps_batch1": st.reps_batch1,
+            "batches": batches, "warmup": st.warmup, "reps_batch1": st.reps_batch1,
             "reps_batchn": st.reps_batchn, "min_reps": st.min_reps,
             "volume_reps": st.volume_reps, "budget_s": st.worker_budget_s,
             "postprocess": not args.no_postprocess, "latency_input": str(lat_path),
@@ -275,7 +330,7 @@ def prepare(args, st: S.Settings, chosen: list[tuple], threads: int, workdir: Pa
             "out": str(workdir / f"{key}.json"),
         })
         variants.append({"key": key, "backend": b, "precision": p, "device": d,
-                         "batches": list(st.batches), "notes": notes,
+                         "batches": batches, "notes": notes, "phases": phases,
                          "model_name": Path(model).name if model else
                          (ms.checkpoint.name if ms.checkpoint else None)})
     return {"models": ms, "machine": machine, "data": data, "peak": peak, "gflop": gflop,
@@ -290,7 +345,7 @@ def run_worker(spec: dict, workdir: Path, timeout: float) -> dict:
     try:
         proc = subprocess.run([sys.executable, "-m", "benchmarks.worker", str(spec_path)],
                               cwd=S.REPO, capture_output=True, text=True, timeout=timeout,
-                              env=thread_env(spec["threads"]))
+                              env={**thread_env(spec["threads"]), **(spec.get("env") or {})})
     except subprocess.TimeoutExpired:
         return {"variant": spec["variant"], "error": f"timed out after {timeout:.0f} s"}
     out = Path(spec["out"])
@@ -326,6 +381,7 @@ def main(argv: list[str] | None = None) -> int:
                 res = run_worker(spec, workdir, st.worker_timeout_s)
                 results[spec["variant"]] = res
                 _log(_one_line(res))
+            label_agreement(results)
     except ScarError as e:
         print(f"bench: error: {e}", file=sys.stderr)
         return 2
@@ -349,10 +405,37 @@ def _one_line(res: dict) -> str:
         return f"  failed: {res['error']}"
     lat = res.get("latency", {})
     parts = [f"batch {b}: {v['slice_ms_p50']:.1f} ms/slice" for b, v in lat.items()]
+    parts += [f"volume at batch {b}: {v['total_s']:.2f} s"
+              for b, v in (res.get("volume") or {}).items() if not lat]
     acc = (res.get("accuracy") or {}).get("summary") or {}
     if acc.get("mean_dice") is not None:
         parts.append(f"Dice {acc['mean_dice']:.4f}")
     return f"  {', '.join(parts)} ({res.get('process_s')} s)"
+
+
+def label_agreement(results: dict) -> None:
+    """Per result, ``label_agreement``: the fraction of the latency slices' pixels whose label
+    equals the reference backend's (PyTorch FP32 CPU, else ONNX Runtime FP32 CPU), batch-1
+    calls. Reads the workers' label files, so it runs before the work folder goes."""
+    def labels(key):
+        path = (results.get(key) or {}).get("labels")
+        return np.load(path) if path and Path(path).is_file() else None
+
+    ref_key = next((k for k in ("pytorch-fp32-cpu", "onnxruntime-fp32-cpu")
+                    if labels(k) is not None), None)
+    ref = labels(ref_key) if ref_key else None
+    for key, res in results.items():
+        got = labels(key)
+        if ref is not None and got is not None and got.shape == ref.shape:
+            res["label_agreement"] = round(float((got == ref).mean()), 6)
+            res["label_agreement_reference"] = ref_key
+
+
+def add_label_agreement(rows: list[dict], results: dict) -> None:
+    for row in rows:
+        res = results.get(variant_key(row["backend"], row["precision"], row["device"])) or {}
+        row["label_agreement"] = res.get("label_agreement")
+        row["label_agreement_reference"] = res.get("label_agreement_reference")
 
 
 def assemble(args, st: S.Settings, prep: dict, results: dict, *, created: str,
@@ -365,6 +448,7 @@ def assemble(args, st: S.Settings, prep: dict, results: dict, *, created: str,
     ran = [v for v in prep["variants"] if "skip" not in v]
     gflop = prep["gflop"]
     rows = build_rows(ran, results, gflop=gflop, peak=prep["peak"], size=st.size, acc=acc)
+    add_label_agreement(rows, results)
     machine["load_average_end"] = loadavg()
     warnings = []
     bad_cases = {c: e for r in results.values()
@@ -401,6 +485,7 @@ def assemble(args, st: S.Settings, prep: dict, results: dict, *, created: str,
                                                             v["device"]),
                      "reason": v["skip"]} for v in prep["variants"] if "skip" in v],
         "accuracy": acc,
+        "targets": targets({"rows": rows}),
         "results": {k: {kk: vv for kk, vv in r.items() if kk != "traceback"}
                     for k, r in results.items()},
         "errors": {k: r.get("traceback") for k, r in results.items() if r.get("traceback")},

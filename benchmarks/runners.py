@@ -74,5 +74,16 @@ def make_runner(spec: dict) -> Runner:
     backend = spec["backend"]
     if backend == "tensorrt":
         return create_runner(spec["model"], backend="tensorrt", device="cuda")
+    if backend == "auto":  # exactly what `scar infer` with no options builds
+        return create_runner(spec["model"], backend="auto", device="auto",
+                             threads=spec.get("threads"), precision="auto")
+    if backend == "openvino":
+        from scar_runtime.backends.openvino import OpenVinoRunner
+
+        # INT8 is the QDQ model itself; BF16 is measured before any gate exists (the report
+        # gives its Dice difference), which users never get: their runner requires the gate
+        return OpenVinoRunner(spec["model"], threads=spec.get("threads"),
+                              precision="bf16" if spec["precision"] == "bf16" else "fp32",
+                              require_gate_record=False)
     return create_runner(spec["model"], backend="onnxruntime", device=spec["device"],
                          threads=spec.get("threads"))

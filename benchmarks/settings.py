@@ -43,6 +43,11 @@ class Settings:
     # INT8 (onnxruntime.quantization.quantize_static): which op types get QDQ pairs
     int8_op_types: tuple[str, ...] = ("Conv",)
     int8_keep_io_fp32: bool = True  # first conv + class/heatmap heads stay FP32
+    # the default path's peak RSS on a large volume (issue 14: <= 2 GB at 512 x 512 x 200): the
+    # reference volume resampled to this shape (voxels; 1 mm), full mode only
+    big_volume: tuple[int, int, int] | None = (512, 512, 200)
+    # the v0.1 export form's latency row (an extra ~40 s export from the checkpoint, cached)
+    v01_form: bool = True
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -50,7 +55,8 @@ class Settings:
 
 FULL = Settings(mode="full")
 QUICK = Settings(mode="quick", warmup=2, reps_batch1=10, reps_batchn=3, min_reps=3,
-                 volume_reps=1, max_cases=2, worker_budget_s=30.0, worker_timeout_s=300.0)
+                 volume_reps=1, max_cases=2, worker_budget_s=30.0, worker_timeout_s=300.0,
+                 big_volume=None, v01_form=False)
 
 
 def settings_for(quick: bool, **overrides) -> Settings:

@@ -186,6 +186,7 @@ def run_parity(onnx_path: Path, reference, ckpt: dict, *, precision: str,
     finite = True
     mask_stats: dict[str, dict[int, np.ndarray]] = {"fp32": {}, "onnx": {}}
     pair_stats: dict[int, np.ndarray] = {}
+    ref_labels: dict[tuple[int, int], np.ndarray] = {}  # PyTorch labels, largest-batch runs
     worst = {"max_abs_diff": 0.0, "heatmaps_max_abs_diff": 0.0, "keypoints_max_abs_diff": 0.0}
     for h, w in SIZES:
         images = np.stack([fit(s.image, (h, w), float(s.image.min())) for s in slices])[:, None]
@@ -214,6 +215,8 @@ def run_parity(onnx_path: Path, reference, ckpt: dict, *, precision: str,
                     worst[k] = max(worst[k], d)
                 if batch != max(BATCHES):
                     continue  # Dice once per slice and size (the largest batch's run)
+                ref_labels[(h, w)] = (lab_ref if start == 0 else
+                                      np.concatenate([ref_labels[(h, w)], lab_ref]))
                 for j in range(len(x)):
                     s, y = slices[start + j], labels[start + j]
                     for c, v in _dice_stats(lab_got[j], lab_ref[j], range(1, L.NUM_CLASSES)
@@ -242,6 +245,8 @@ def run_parity(onnx_path: Path, reference, ckpt: dict, *, precision: str,
     }
     if precision == "fp16":
         result.update(_dice_summary(mask_stats, pair_stats))
+    if precision == "fp32":
+        result["reduced_precision"] = reduced_precision_gates(onnx_path, slices, ref_labels)
     result["limits"] = FP16_LIMITS if precision == "fp16" else FP32_LIMITS
     result["failures"] = failures(result)
     result["passed"] = not result["failures"]
@@ -249,19 +254,83 @@ def run_parity(onnx_path: Path, reference, ckpt: dict, *, precision: str,
     return result
 
 
-def _dice_summary(mask_stats: dict, pair_stats: dict) -> dict:
+def _dice_summary(mask_stats: dict, pair_stats: dict, name: str = "fp16") -> dict:
     d32, d16 = _dice(mask_stats["fp32"]), _dice(mask_stats["onnx"])
     common = sorted(set(d32) & set(d16))
     names = L.CLASS_NAMES
     if common:
         diff = float(np.mean([abs(d16[c] - d32[c]) for c in common]) * 100)
         return {"dice_reference": "reference masks", "dice_difference": diff,
-                "dice": {names[c]: {"fp32": d32[c], "fp16": d16[c]} for c in common}}
+                "dice": {names[c]: {"fp32": d32[c], name: d16[c]} for c in common}}
     pair = _dice(pair_stats)
     diff = float(np.mean([1 - v for v in pair.values()]) * 100) if pair else 0.0
     return {"dice_reference": "FP32 labels (no reference mask on the tested slices)",
-            "dice_difference": diff, "dice": {names[c]: {"fp16_vs_fp32": v}
+            "dice_difference": diff, "dice": {names[c]: {f"{name}_vs_fp32": v}
                                               for c, v in pair.items()}}
+
+
+def _threads() -> int | None:
+    threads = os.environ.get("OMP_NUM_THREADS", "")
+    return int(threads) if threads.isdigit() and int(threads) > 0 else None
+
+
+def reduced_precision_gates(onnx_path: Path, slices: list[ParitySlice],
+                            ref_labels: dict[tuple[int, int], np.ndarray]) -> dict:
+    """The gates of the CPU reduced precisions the runtime may use, on the same real slices:
+    ``openvino-bf16`` (OpenVINO's BF16 inference precision) against the FP32 PyTorch labels,
+    label agreement >= 0.995 and Dice within 0.5 point (:data:`FP16_LIMITS`). An entry is
+    ``{"skipped": why}`` where it cannot be measured here (no openvino, no native BF16); the
+    runtime refuses BF16 unless the entry passed (scar_runtime.backends.precision)."""
+    import importlib.util
+
+    if importlib.util.find_spec("openvino") is None:
+        return {"openvino-bf16": {"skipped": "openvino is not installed"}}
+    from scar_runtime.backends.openvino import OpenVinoRunner, cpu_capabilities
+
+    caps = cpu_capabilities()
+    if "BF16" not in caps:
+        return {"openvino-bf16": {"skipped": f"this CPU has no native BF16 (OpenVINO reports "
+                                             f"{', '.join(caps)})"}}
+    t0 = time.time()
+    runner = OpenVinoRunner(onnx_path, precision="bf16", threads=_threads(),
+                            require_gate_record=False, use_cache=False)
+    try:
+        runner.activate()
+    except ScarError as e:
+        return {"openvino-bf16": {"skipped": f"OpenVINO could not run the model: {e}"}}
+    agree = total = 0
+    finite = True
+    mask_stats: dict[str, dict[int, np.ndarray]] = {"fp32": {}, "onnx": {}}
+    pair_stats: dict[int, np.ndarray] = {}
+    batch = max(BATCHES)
+    for (h, w), lab_ref in ref_labels.items():
+        images = np.stack([fit(s.image, (h, w), float(s.image.min())) for s in slices])[:, None]
+        for start in range(0, len(slices), batch):
+            probs = runner.infer(np.ascontiguousarray(images[start:start + batch]))["probs"]
+            finite &= bool(np.isfinite(probs).all())
+            got, ref = probs.argmax(1), lab_ref[start:start + batch]
+            agree += int((got == ref).sum())
+            total += ref.size
+            for j in range(len(got)):
+                s = slices[start + j]
+                for c, v in _dice_stats(got[j], ref[j], range(1, L.NUM_CLASSES)).items():
+                    pair_stats[c] = pair_stats.get(c, 0) + v
+                if s.labels is None:
+                    continue
+                y = fit(s.labels, (h, w), 0)
+                for name, lab in (("fp32", ref[j]), ("onnx", got[j])):
+                    for c, v in _dice_stats(lab, y, sorted(s.labelled)).items():
+                        mask_stats[name][c] = mask_stats[name].get(c, 0) + v
+    runner.deactivate()
+    entry = {"backend": "openvino", "precision": "bf16", "cpu_capabilities": caps,
+             "reference": "PyTorch FP32 labels, same slices and sizes",
+             "sizes": [list(k) for k in ref_labels], "batch": batch,
+             "label_agreement": agree / max(total, 1), "finite": finite,
+             **_dice_summary(mask_stats, pair_stats, name="bf16"), "limits": FP16_LIMITS}
+    entry["failures"] = failures(entry)
+    entry["passed"] = not entry["failures"]
+    entry["seconds"] = round(time.time() - t0, 1)
+    return {"openvino-bf16": entry}
 
 
 def failures(result: dict) -> list[str]:

@@ -9,6 +9,7 @@ subprocess, the INT8 model is quantised and the FP16 one exported for real.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -86,25 +87,48 @@ def test_json_structure(quick_run):
         for key in (("pytorch", "fp32"), ("onnxruntime", "fp32"), ("onnxruntime", "int8"),
                     ("onnxruntime", "fp16")):
             assert (*key, "cpu", b) in got, sorted(got)
+    openvino = importlib.util.find_spec("openvino") is not None
+    if openvino:  # OpenVINO FP32 and INT8 run on any x86 CPU
+        for b in (1, 8):
+            for p in ("fp32", "int8"):
+                assert ("openvino", p, "cpu", b) in got, sorted(got)
     for r in doc["rows"]:
         assert set(r) >= ROW_KEYS, ROW_KEYS - set(r)
         assert r["status"] == "ok", r.get("error")
-        assert r["backend"] in ("pytorch", "onnxruntime", "tensorrt")
-        assert r["precision"] in ("fp32", "fp16", "int8")
+        assert r["backend"] in ("pytorch", "onnxruntime", "tensorrt", "openvino", "auto")
+        assert r["precision"] in ("fp32", "fp16", "int8", "bf16", "auto")
         assert r["slice_size"] == [64, 64]
-        for k in ("slice_ms_p50", "slice_ms_p95", "throughput_slices_s", "volume_s",
-                  "peak_rss_mb", "gflop_per_slice", "gflops_achieved"):
-            assert _is_number(r[k]) and r[k] > 0, (k, r[k])
-        assert r["slice_ms_p95"] >= r["slice_ms_p50"]
+        assert _is_number(r["peak_rss_mb"]) and r["peak_rss_mb"] > 0
+        if r["backend"] == "auto":  # the default path: end to end only, at scar infer's batch
+            assert r["batch"] == 1 and r["slice_ms_p50"] is None and r["dice_mean"] is None
+            assert r["description"].split()[0] in ("onnxruntime", "openvino")
+        else:
+            for k in ("slice_ms_p50", "slice_ms_p95", "throughput_slices_s", "gflop_per_slice",
+                      "gflops_achieved"):
+                assert _is_number(r[k]) and r[k] > 0, (k, r[k])
+            assert r["slice_ms_p95"] >= r["slice_ms_p50"]
+            assert 0.0 <= r["dice_mean"] <= 1.0
+            # FP32 backends label the latency slices as PyTorch does
+            assert r["label_agreement_reference"] == "pytorch-fp32-cpu"
+            if r["precision"] == "fp32":
+                assert r["label_agreement"] >= 0.999, r["label"]
+        assert _is_number(r["volume_s"]) and r["volume_s"] > 0
         assert set(r["volume_split_s"]) == SPLIT_KEYS
         assert all(_is_number(v) and v >= 0 for v in r["volume_split_s"].values())
-        assert 0.0 <= r["dice_mean"] <= 1.0
+    assert ("auto", "auto", "cpu", 1) in got
+    t = doc["targets"]
+    assert t["default_path"]["volume_s"] == got[("auto", "auto", "cpu", 1)]["volume_s"]
+    assert _is_number(t["default_path"]["speedup_vs_pytorch_same_batch"])
+    assert _is_number(t["int8_speedup_onnxruntime_batch1"])
+    assert "## Issue 14 targets, from this run" in quick_run["md"]
     fp16 = got[("onnxruntime", "fp16", "cpu", 1)]
     assert any("cast-emulated" in n for n in fp16["notes"])
     # GPU rows are skipped with a reason on a machine without one, never silently dropped
     ran = {(r["backend"], r["precision"], r["device"]) for r in doc["rows"]}
     skipped = {(s["backend"], s["precision"], s["device"]) for s in doc["skipped"]}
     assert ("tensorrt", "fp16", "cuda") in ran | skipped
+    assert ("openvino", "bf16", "cpu") in ran | skipped
+    assert ("onnxruntime", "fp32v01", "cpu") in skipped  # full mode only
     assert all(s["reason"] for s in doc["skipped"])
     # roofline: counted FLOPs and a GEMM peak measured in the run
     rf = doc["roofline"]
