@@ -6,7 +6,7 @@ Order of work, so that a mistake costs seconds, not a 40 s export:
    writable, the checkpoint itself) and, with ``engine``, that TensorRT and a GPU are there;
 2. load the checkpoint (missing, corrupt, another architecture: one-line ``ModelError``);
 3. export (dynamo), add the scar functions (``custom_ops``), write the metadata;
-4. write the model to a temp file beside ``out``, run the parity check on it, write
+4. write the model to a nameless temp file beside ``out``, run the parity check on it, write
    ``MODEL.parity.json``; only a model that passes is moved into place (a failing one leaves the
    JSON saying why, and a one-line error);
 5. with ``engine``: build the plan from the written model, write it and its JSON.
@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from scar_runtime.atomic import atomic_write, atomic_write_bytes, atomic_write_text
+from scar_runtime.atomic import atomic_write_bytes, atomic_write_text, atomic_write_unnamed
 from scar_runtime.atomic import check_output_path as _check_output
 from scar_runtime.errors import ConfigError, ModelError, OutputError
 from scar_runtime.model_meta import ModelMetadata
@@ -107,7 +107,9 @@ def export_checkpoint(ckpt_path: Path | str, out: Path | str, *, custom_ops: boo
             raise ModelError(f"parity check failed ({'; '.join(result['failures'])}); "
                              f"{out} was not written, details in {parity_json}")
 
-    atomic_write(out, write, force=force, inputs=[ckpt_path])
+    # The model is written and checked in a nameless file (O_TMPFILE): killed during the parity
+    # check, by SIGKILL even, the export leaves no 12 MB temp file behind.
+    atomic_write_unnamed(out, write, force=force, inputs=[ckpt_path])
     par = summary["parity"]
     log(f"parity ({par['data']['source']} slices, sizes "
         f"{', '.join(f'{h}x{w}' for h, w in P.SIZES)}, batches 1 and 4): max_abs_diff "
