@@ -11,6 +11,7 @@ else is a bug in scar-net and says so in one line (``SCAR_DEBUG=1`` shows the tr
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import sys
 from pathlib import Path
@@ -18,7 +19,7 @@ from pathlib import Path
 import typer
 
 from scar_runtime import __version__
-from scar_runtime.errors import ConfigError, ScarError
+from scar_runtime.errors import ConfigError, Interrupted, ScarError, from_library
 
 app = typer.Typer(
     name="scar",
@@ -43,10 +44,26 @@ def _version(value: bool):
         raise typer.Exit()
 
 
+def route_library_logs(verbose: bool) -> None:
+    """Library log lines and warnings (nibabel fixing a header, numpy overflow) reach the
+    terminal only with --verbose: otherwise a failure is exactly one line, and a success none."""
+    logging.captureWarnings(True)
+    root = logging.getLogger()
+    for h in [h for h in root.handlers if getattr(h, "_scar", False)]:
+        root.removeHandler(h)
+    handler = logging.StreamHandler(sys.stderr) if verbose else logging.NullHandler()
+    handler.setFormatter(logging.Formatter("scar: log: %(name)s: %(message)s"))
+    handler._scar = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if verbose else logging.WARNING)
+
+
 @app.callback()
 def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
-                                       help="Show the version and exit.")):
-    pass
+                                       help="Show the version and exit."),
+          verbose: bool = typer.Option(False, "--verbose", help="Show library log lines and "
+                                       "warnings (nibabel, numpy, ONNX Runtime) on stderr.")):
+    route_library_logs(verbose or bool(os.environ.get("SCAR_VERBOSE")))
 
 
 @app.command("labels")
@@ -119,9 +136,12 @@ def infer_cmd(
     """Segment lumbar vertebral bodies and discs: labels, key-points, stats and a preview."""
     from scar_runtime.infer import run_infer
 
-    summary = run_infer(input_path, out, model=model, backend=backend, device=device,
-                        batch=batch, force=force, fmt=fmt, series_uid=series,
-                        precision=precision)
+    try:
+        summary = run_infer(input_path, out, model=model, backend=backend, device=device,
+                            batch=batch, force=force, fmt=fmt, series_uid=series,
+                            precision=precision)
+    except Interrupted as e:  # typer would make Ctrl-C a silent exit: say what was finished
+        raise _Stopped(_one_line(e)) from None
     for path in summary.written:
         typer.echo(str(path))
     if summary.failed:
@@ -147,15 +167,26 @@ for _name, (_module, _extra, _help) in PLUGIN_COMMANDS.items():
     _add_plugin(_name, _module, _extra, _help)
 
 
+class _Stopped(BaseException):
+    """Ctrl-C with a word on what was finished, carried past typer (which would swallow a
+    KeyboardInterrupt into a silent exit 130) to ``run``, which prints it."""
+
+
 def _one_line(msg: str) -> str:
     return " ".join(str(msg).split())
 
 
 def run(argv: list[str] | None = None) -> int:
     """Run the CLI and return the exit code (used by ``main`` and by tests)."""
+    route_library_logs(bool(os.environ.get("SCAR_VERBOSE")))
     try:
         rc = app(args=argv, prog_name="scar", standalone_mode=False)
+        if rc == 130:  # typer turns Ctrl-C into a silent exit code
+            print("scar: interrupted", file=sys.stderr)
         return rc if isinstance(rc, int) else 0
+    except _Stopped as e:
+        print(f"scar: interrupted: {e}", file=sys.stderr)
+        return 130
     except ScarError as e:
         print(f"scar: error: {_one_line(e)}", file=sys.stderr)
         return e.exit_code
@@ -171,13 +202,18 @@ def run(argv: list[str] | None = None) -> int:
     except typer.Abort:
         print("scar: aborted", file=sys.stderr)
         return 130
-    except KeyboardInterrupt:
-        print("scar: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        why = _one_line(e)  # Interrupted says what was finished
+        print(f"scar: interrupted{': ' + why if why else ''}", file=sys.stderr)
         return 130
     except MemoryError:
         print("scar: error: out of memory (try a smaller --batch)", file=sys.stderr)
         return 1
     except Exception as e:  # noqa: BLE001 - the one place that turns bugs into one line
+        mapped = from_library(e)  # a library's word for bad input or a full machine
+        if mapped is not None:
+            print(f"scar: error: {_one_line(mapped)}", file=sys.stderr)
+            return mapped.exit_code
         if os.environ.get("SCAR_DEBUG"):
             raise
         print(f"scar: internal error (a bug in scar-net, please report it): "
