@@ -16,9 +16,9 @@ from pathlib import Path
 
 from rich.console import Console
 
-from scar_runtime.atomic import check_output_path
-from scar_runtime.errors import ConfigError, InputFileError, ScarError
-from scar_runtime.io import Volume, is_nifti_path, load_volume, nifti_stem
+from scar_runtime.atomic import InputSet, check_output_path
+from scar_runtime.errors import ConfigError, InputFileError, Interrupted, ScarError
+from scar_runtime.io import Volume, is_nifti_path, is_scar_output, load_volume, nifti_stem
 from scar_runtime.outputs import check_out_dir, output_paths, resolve_formats, write_case
 from scar_runtime.segmenter import DEFAULT_BATCH, Segmenter
 
@@ -33,15 +33,20 @@ class InferSummary:
 
 
 def find_inputs(path: Path) -> list[Path]:
-    if not path.exists():
+    """The NIfTI files of a folder, in one pass (linear in the folder's size). Entries that are
+    named like volumes but cannot be read (broken or looping links, FIFOs, devices) are kept, so
+    that the run lists them as failed instead of skipping them silently."""
+    if not path.exists() and not path.is_symlink():
         raise InputFileError(f"{path}: no such file or folder")
-    if path.is_file():
+    if not path.is_dir():
         return [path]
-    files = sorted(p for p in path.iterdir() if p.is_file() and is_nifti_path(p))
+    files = sorted(p for p in path.iterdir() if is_nifti_path(p) and not p.is_dir())
     stems = {nifti_stem(p) for p in files}
-    # skip our own outputs from an earlier run into the same folder (x_seg next to x)
+    # Skip our own outputs of an earlier run into this folder (x_seg next to x), recognised by
+    # the header scar-net writes: a reference mask x_seg beside x is an input like any other,
+    # never dropped, and never written over (inputs are never outputs).
     files = [p for p in files if not (_OUTPUT_NAME.match(nifti_stem(p))
-                                      and nifti_stem(p)[:-4] in stems)]
+                                      and nifti_stem(p)[:-4] in stems and is_scar_output(p))]
     if not files:
         raise InputFileError(f"{path}: no .nii or .nii.gz files in this folder")
     return files
@@ -124,29 +129,46 @@ def run_infer(input_path: Path, out_dir: Path | None = None, *, model: Path | No
                       "{task.fields[case]}", TimeRemainingColumn(), console=console,
                       disable=len(cases) == 1 or not console.is_terminal) as progress:
             task = progress.add_task("cases", total=len(cases), case="")
-            all_sources = [p for c in cases for p in c.sources]
-            for case in cases:
-                name = case.name
-                progress.update(task, case=name)
-                try:
-                    paths = output_paths(out_dir, name, formats[name])
-                    for p in paths.values():  # a study's files only: there may be thousands
-                        check_output_path(p, force=force,
-                                          inputs=case.sources if case.dicom else all_sources)
-                    result = seg.segment(first if first is not None else case.load())
-                    written = write_case(result, out_dir, name=name, force=force,
-                                         formats=formats[name], algorithm=algorithm)
-                    summary.written += written
-                    summary.done.append(name)
-                    lines = result.report.corrections + result.report.order_warnings
-                    if "dicom_seg" in paths and paths["dicom_seg"] not in written:
-                        lines = [*lines, "no structure found: no DICOM-SEG written"]
-                    for line in lines:
-                        console.print(f"{name}: {line}", highlight=False, soft_wrap=True)
-                except ScarError as e:
-                    if len(cases) == 1:
-                        raise
-                    summary.failed.append((case.label, str(e)))
-                    console.print(f"scar: error: {e}", highlight=False, soft_wrap=True)
-                progress.advance(task)
+            # built once: checking each case's outputs against it costs O(1), not O(cases)
+            all_sources = InputSet(p for c in cases for p in c.sources)
+            try:
+                _run_cases(cases, seg, out_dir, formats, force, algorithm, first, all_sources,
+                           summary, console, progress, task)
+            except KeyboardInterrupt as e:
+                raise Interrupted(
+                    f"after {len(summary.done)} of {len(cases)} case(s); the outputs of finished "
+                    "cases are complete, the case in progress wrote nothing") from e
     return summary
+
+
+def _run_cases(cases, seg, out_dir, formats, force, algorithm, first, all_sources, summary,
+               console, progress, task) -> None:
+    claimed: dict[str, str] = {}  # output name -> the input that has it
+    for case in cases:
+        name = case.name
+        progress.update(task, case=name)
+        try:
+            if name in claimed:  # x.nii beside x.nii.gz: two inputs, one set of output names
+                raise InputFileError(f"{case.label}: same case name as {claimed[name]}, so "
+                                     "their outputs would collide (rename one)")
+            claimed[name] = case.label
+            paths = output_paths(out_dir, name, formats[name])
+            for p in paths.values():
+                check_output_path(p, force=force, inputs=all_sources)
+            result = seg.segment(first if first is not None else case.load())
+            written = write_case(result, out_dir, name=name, force=force,
+                                 formats=formats[name], algorithm=algorithm,
+                                 inputs=all_sources)
+            summary.written += written
+            summary.done.append(name)
+            lines = result.report.corrections + result.report.order_warnings
+            if "dicom_seg" in paths and paths["dicom_seg"] not in written:
+                lines = [*lines, "no structure found: no DICOM-SEG written"]
+            for line in lines:
+                console.print(f"{name}: {line}", highlight=False, soft_wrap=True)
+        except ScarError as e:
+            if len(cases) == 1:
+                raise
+            summary.failed.append((case.label, str(e)))
+            console.print(f"scar: error: {e}", highlight=False, soft_wrap=True)
+        progress.advance(task)

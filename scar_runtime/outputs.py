@@ -11,6 +11,7 @@ import contextlib
 import gzip
 import io
 import json
+import math
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,7 +20,7 @@ import nibabel as nib
 
 from scar_runtime import __version__
 from scar_runtime import labels as L
-from scar_runtime.atomic import write_files_atomic
+from scar_runtime.atomic import InputSet, write_files_atomic
 from scar_runtime.errors import ConfigError, OutputError
 from scar_runtime.io import dicom_source, nifti_stem
 from scar_runtime.segmenter import SegmentationResult
@@ -67,8 +68,20 @@ def check_out_dir(out_dir: Path) -> None:
         raise OutputError(f"output folder {out_dir} is not writable")
 
 
+def finite_json(doc):
+    """``doc`` with every NaN or infinite float replaced by None: JSON has no Infinity, and a
+    file a strict parser refuses is not an output (huge but finite intensities overflow)."""
+    if isinstance(doc, float):
+        return doc if math.isfinite(doc) else None
+    if isinstance(doc, dict):
+        return {k: finite_json(v) for k, v in doc.items()}
+    if isinstance(doc, list | tuple):
+        return [finite_json(v) for v in doc]
+    return doc
+
+
 def _json_bytes(doc) -> bytes:
-    return json.dumps(doc, indent=1).encode("utf-8")
+    return json.dumps(finite_json(doc), indent=1, allow_nan=False).encode("utf-8")
 
 
 def nifti_gz_bytes(img: nib.Nifti1Image) -> bytes:
@@ -112,9 +125,12 @@ def stats_doc(result: SegmentationResult, input_path: Path | None) -> dict:
 
 def write_case(result: SegmentationResult, out_dir: Path, *, name: str | None = None,
                force: bool = False, formats: tuple[str, ...] = ("nifti",),
-               algorithm: AlgorithmInfo | None = None) -> list[Path]:
+               algorithm: AlgorithmInfo | None = None,
+               inputs: InputSet | None = None) -> list[Path]:
     """``formats``: "nifti" and/or "dicom-seg" (which needs DICOM input and ``algorithm``, the
-    model's identity; no DICOM-SEG is written when no structure was found)."""
+    model's identity; no DICOM-SEG is written when no structure was found). ``inputs``: every
+    input of the run, none of which is ever written over. All files of the case, labels.json
+    included, are written in one all-or-nothing step."""
     from scar_runtime.preview import render_preview
 
     src = result.volume.path
@@ -136,22 +152,27 @@ def write_case(result: SegmentationResult, out_dir: Path, *, name: str | None = 
     files[paths["stats"]] = _json_bytes(stats_doc(result, src))
     files[paths["preview"]] = png_bytes(render_preview(result))
     dicom = dicom_source(result.volume)
-    inputs = (src,) if src else ()
+    if inputs is None:
+        inputs = InputSet((src,) if src else ())
     if dicom is not None:  # never over one of the series' files either
-        inputs = (*inputs, *dicom.files)
-    written = write_files_atomic(files, force=force, inputs=inputs)
-    written += write_label_map(out_dir)
-    return written
+        for f in dicom.files:
+            inputs.add(Path(f))
+    label_map = _label_map_file(out_dir)
+    files.update(label_map)
+    return write_files_atomic(files, force=force, inputs=inputs, replace=label_map)
 
 
-def write_label_map(out_dir: Path) -> list[Path]:
-    """labels.json (value -> name and more); an identical existing one is left alone."""
+def _label_map_file(out_dir: Path) -> dict[Path, bytes]:
+    """labels.json (value -> name and more), unless an identical one is there already."""
     path = out_dir / "labels.json"
     doc = L.label_map_dict()
-    text = json.dumps(doc, indent=1)
     if path.exists():
         with contextlib.suppress(OSError, ValueError):
             if json.loads(path.read_text()) == doc:
-                return []
-    write_files_atomic({path: text.encode("utf-8")}, force=True)
-    return [path]
+                return {}
+    return {path: json.dumps(doc, indent=1).encode("utf-8")}
+
+
+def write_label_map(out_dir: Path) -> list[Path]:
+    """labels.json on its own (replaced when it differs from this version's label map)."""
+    return write_files_atomic(_label_map_file(out_dir), force=True)
