@@ -6,8 +6,9 @@
    the column's radius, dropped when off it, ordered head to feet, merged when one structure
    came in pieces, cut to the height between their neighbours; structures far larger than the
    median of their kind are cut back to that.
-3. Names by counting along the column from an anchor (``naming.py``): the sacrum when in view,
-   else T12 / the T12-L1 disc, else the network's own classes. Thoracic structures above T12
+3. Names by counting along the column from an anchor (``naming.py``): the sacrum when in view
+   (the S1 class, or the lowest disc with the image going on below it), else T12 / the T12-L1
+   disc (weighted votes), else the network's own classes. Thoracic structures above T12
    are dropped. Key-points are moved so that key-point k lies inside structure k.
 4. Plausibility: fewer than ``min_lumbar_structures`` named lumbar structures, or structures far
    too small for lumbar ones (a cervical spine, a knee, noise) -> ``lumbar_spine_found`` False
@@ -124,7 +125,13 @@ def _column(labels, spacing, cfg: PostprocessConfig, report: PostprocessReport):
     kept = _cut_oversized(kept, cfg, labels, report)
     if not kept:
         return _not_found(report, "no structure lies on a spinal column", labels.shape)
-    naming = name_levels(kept)
+    foot = max(e.box[0].stop for e in kept if e.kind != "sacrum") if any(
+        e.kind != "sacrum" for e in kept) else 0
+    lowest = max((e for e in kept if e.kind == "disc"), key=lambda e: e.centroid_mm[0],
+                 default=None)
+    below = ((labels.shape[0] * spacing[0] - lowest.centroid_mm[0]) if lowest is not None
+             else (labels.shape[0] - foot) * spacing[0])
+    naming = name_levels(kept, below_mm=below)
     report.anchor, report.naming_confidence = naming.anchor, naming.confidence
     report.warnings += naming.warnings
     out = np.zeros(labels.shape, np.uint8)

@@ -37,6 +37,8 @@ for _i, _d in enumerate(L.DISC_IDS[::-1]):  # L5/S1 .. L1/L2
 CLASS_POS: dict[int, int] = {c: p for p, c in _POS_CLASS.items()}
 
 ANCHOR_MIN_SHARE = 0.5  # an element is an anchor when most of its voxels carry the anchor class
+SACRUM_VIEW_MM = 30.0  # image below the lowest disc's centre: the sacrum is in view
+ANCHOR_VOTE_WEIGHT = 3.0  # T12, T12/L1, S1 votes count this much in the agreement
 
 
 def kind_at(pos: int) -> str:
@@ -72,31 +74,57 @@ class Naming:
     alternatives: dict[int, float] = field(default_factory=dict)  # shift -> agreement
 
 
-def _agreement(els: list[Element], q: list[int], shift: int) -> float:
-    return float(sum(e.votes[class_at(p + shift)] for e, p in zip(els, q, strict=True)
-                     if class_at(p + shift)))
+def _agreement(els: list[Element], q: list[int], shift: int, anchor_weight: float = 1.0
+               ) -> float:
+    total = 0.0
+    for e, p in zip(els, q, strict=True):
+        c = class_at(p + shift)
+        if c:
+            total += e.votes[c] * (anchor_weight if c in L.ANCHOR_IDS else 1.0)
+    return float(total)
 
 
-def _anchor_shift(els: list[Element], q: list[int]) -> tuple[str, int] | None:
-    for name, ids in (("sacrum", (L.S1_ID,)), ("T12", (L.T12_ID, L.T12_L1_ID))):
-        for e, p in zip(els, q, strict=True):
-            for c in ids:
-                if e.share(c) >= ANCHOR_MIN_SHARE and kind_at(CLASS_POS[c]) == e.kind:
-                    return name, CLASS_POS[c] - p
+def _anchor_shift(els: list[Element], q: list[int], below_mm: float) -> tuple[str, int] | None:
+    """The shift an anchor fixes, or None.
+
+    1. The sacrum: an element at the foot of the column that the network calls S1 in most of
+       its voxels is S1.
+    2. The lowest disc above the sacrum: when the column ends in a disc (only sacrum below it)
+       and the image goes on for ``SACRUM_VIEW_MM`` below it, the sacrum is in view and that
+       disc is L5/S1 (there is no disc below L5/S1 in the usual anatomy; a lumbarised S1 with
+       its own disc is the transitional case that only a whole-spine view settles).
+    3. T12 is NOT used as a hard anchor: the network's T12 and T12/L1 classes are learnt from
+       fewer cases and came out one level off on val (a T11/T12 disc called T12/L1); they weigh
+       3x in the vote instead (see name_levels).
+    """
+    if not els:
+        return None
+    foot = len(els) - 1
+    if els[foot].kind == "sacrum" and els[foot].share(L.S1_ID) >= ANCHOR_MIN_SHARE:
+        return "sacrum", S1_POS - q[foot]
+    lowest_disc = max((i for i, e in enumerate(els) if e.kind == "disc"), default=None)
+    if (lowest_disc is not None and all(e.kind == "sacrum" for e in els[lowest_disc + 1:])
+            and lowest_disc > 0 and els[lowest_disc - 1].kind == "vertebra"
+            and below_mm >= SACRUM_VIEW_MM):
+        return "sacrum", -1 - q[lowest_disc]
     return None
-
-
-def name_levels(els: list[Element]) -> Naming:
+def name_levels(els: list[Element], below_mm: float = 0.0) -> Naming:
+    """``below_mm``: how far the image extends below the column's lowest disc (mm)."""
     q = relative_positions(els)
     total = float(sum(e.voxels for e in els)) or 1.0
     lo = TOP_NAMED_POS - max(q) - 2
     shifts = [k for k in range(lo, S1_POS - min(q) + 1) if (k % 2) == 0]
     scores = {k: _agreement(els, q, k) for k in shifts}
-    anchored = _anchor_shift(els, q)
+    anchored = _anchor_shift(els, q, below_mm)
     if anchored is not None:
         anchor, shift = anchored
     else:
-        anchor, shift = "network classes", max(scores, key=lambda k: (scores[k], -abs(k)))
+        weighted = {k: _agreement(els, q, k, ANCHOR_VOTE_WEIGHT) for k in shifts}
+        shift = max(weighted, key=lambda k: (weighted[k], -abs(k)))
+        by_t12 = any(e.share(class_at(p + shift)) >= ANCHOR_MIN_SHARE
+                     for e, p in zip(els, q, strict=True)
+                     if class_at(p + shift) in (L.T12_ID, L.T12_L1_ID))
+        anchor = "T12" if by_t12 else "network classes"
     naming = Naming(positions=[p + shift for p in q], anchor=anchor,
                     confidence=round(scores.get(shift, _agreement(els, q, shift)) / total, 3),
                     alternatives={k: round(v / total, 3) for k, v in scores.items() if v})

@@ -185,6 +185,9 @@ def test_plain_onnx_matches_pytorch_on_real_val_slices(plain, ckpt):
     for key in ("heatmaps_max_abs_diff", "keypoints_max_abs_diff", "label_agreement"):
         assert key in rep
     assert rep["data"]["val_cases"] == ["ivdval/25"] and rep["data"]["data_index_sha256_matches"]
+    # the CPU reduced-precision gate the runtime reads: measured, or skipped with the reason
+    bf16 = rep["reduced_precision"]["openvino-bf16"]
+    assert bf16.get("skipped") or {"label_agreement", "dice_difference", "passed"} <= set(bf16)
 
     # independently: our own slices, crops, PyTorch forward and ORT session
     model, sess, slices = _torch_model(ckpt), _session(plain), _val_slices(ckpt)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import CHU_SEG
+from conftest import CHU_SEG, SPIDER_SEG
 from scipy import ndimage
 
 from scar_runtime import labels as L
@@ -48,17 +48,23 @@ def test_swapped_levels_are_renamed_by_counting(real):
     assert len(rep.corrections) == 2 and any("named L3" in c for c in rep.corrections)
 
 
-def test_levels_shifted_by_one_are_renamed_from_the_t12_anchor(real):
-    """The hold-out failure: the network's lumbar classes are one level off (L1 called L2 ...).
-    T12 is in view and recognised: counting from it restores every name."""
-    seg, sp = real
-    shifted = seg.copy()
-    for c in L.VERTEBRA_IDS[:-1]:
-        shifted[seg == c] = c + 1  # L1 -> "L2", ..., L4 -> "L5"; L5 stays "L5"
-    out, rep = postprocess(shifted, sp)
-    np.testing.assert_array_equal(out, seg)
-    assert rep.anchor == "T12"
-    assert any("counting from the T12" in c for c in rep.corrections)
+def test_levels_shifted_by_one_are_renamed_by_counting_from_the_sacrum():
+    """The hold-out failure: the network's classes one level off (T12 called L1, L1 called L2,
+    ..., the T12/L1 disc called L1/L2, ...). A real SPIDER mask (bodies AND discs, sacrum in
+    view below the lowest disc): counting up from the disc above the sacrum restores them."""
+    v = load_volume(SPIDER_SEG, as_labels=True)
+    gt = L.verse_to_model(v.data)
+    shifted = gt.copy()
+    up = {L.T12_ID: 1, L.T12_L1_ID: 6, **{c: c + 1 for c in (1, 2, 3, 4, 6, 7, 8, 9)}}
+    for c, to in up.items():
+        shifted[gt == c] = to
+    assert (shifted == L.T12_ID).sum() == 0
+    out, rep = postprocess(shifted, v.spacing)
+    assert rep.anchor == "sacrum"
+    for c in L.LUMBAR_IDS + (L.T12_ID, L.T12_L1_ID):
+        m = gt == c
+        assert (out[m] == c).mean() > 0.97, L.BY_ID[c].name
+    assert any("counting from the sacrum" in c for c in rep.corrections)
 
 
 def test_without_an_anchor_the_network_classes_name_the_levels(real):
