@@ -85,8 +85,8 @@ def from_library(e: BaseException) -> ScarError | None:
         return OutputError(f"{_NO_ACCESS[e.errno]}{where}")
     text = str(e).lower()
     module = type(e).__module__ or ""
-    if module.startswith("onnxruntime") and ("allocat" in text or "bad_alloc" in text
-                                             or "out of memory" in text):
+    if module.startswith(("onnxruntime", "openvino")) and (
+            "allocat" in text or "bad_alloc" in text or "out of memory" in text):
         return ResourceError("the inference backend ran out of memory (try a smaller --batch)")
     if module.startswith("torch") and "out of memory" in text:
         return ResourceError("out of memory in PyTorch (try a smaller --batch)")
