@@ -39,6 +39,7 @@ class PostprocessConfig:
     column_radius_mm: float = 35.0  # a body is ~45 mm deep and ~50 mm wide: half + margin
     max_offset_mm: float = 20.0  # a structure whose centre is farther off the column goes
     max_size_ratio: float = 3.0  # a structure > this x the median of its kind is cut back
+    min_size_share: float = 0.15  # a piece < this x the median of its kind is a sliver
     min_lumbar_structures: int = 3
     # Smallest plausible lumbar sagittal cross-sections (median over the structures found):
     # a lumbar body is ~30 x 40 mm (1,200 mm^2), a disc ~10 x 40 mm; a cervical body is
@@ -107,7 +108,8 @@ def _column(labels, spacing, cfg: PostprocessConfig, report: PostprocessReport):
     els = kind_components(labels, spacing, floor_vox, report.removed)
     if not els:
         return _not_found(report, "no vertebral body or disc was predicted", labels.shape)
-    els = [p for e in els for p in split_by_class(e, labels, floor_vox)]
+    els = _split_merged(els, labels, floor_vox)
+    els = _drop_slivers(els, cfg, report)
     curve, inl = fit_curve(els)
     kept = []
     for e, ok in zip(els, inl, strict=True):
@@ -157,6 +159,49 @@ def _column(labels, spacing, cfg: PostprocessConfig, report: PostprocessReport):
         report.removed.append(f"all structures: {reason}")
         return _not_found(report, reason, labels.shape)
     return out, [e for e, _ in named]
+
+
+def _median_heights(els: list[Element]) -> dict[str, float]:
+    # typical heights (mm) when fewer than 3 of a kind are found
+    out = {"vertebra": 30.0, "disc": 10.0, "sacrum": 40.0}
+    for kind in out:
+        h = [e.si_range_mm[1] - e.si_range_mm[0] for e in els if e.kind == kind]
+        if len(h) >= 3:
+            out[kind] = float(np.median(h))
+    return out
+
+
+def _split_merged(els: list[Element], labels, floor_vox: float) -> list[Element]:
+    """A structure far taller than the others of its kind is two or more merged (the disc
+    between two bodies was missed): split it by the classes the network gave it. A structure of
+    normal height with mixed classes is ONE structure the network was unsure about: kept."""
+    heights = _median_heights(els)
+    out = []
+    for e in els:
+        h = e.si_range_mm[1] - e.si_range_mm[0]
+        out += (split_by_class(e, labels, floor_vox, min_share=0.1)
+                if h > 1.5 * heights[e.kind] else [e])
+    return out
+
+
+def _drop_slivers(els: list[Element], cfg: PostprocessConfig,
+                  report: PostprocessReport) -> list[Element]:
+    """Pieces far smaller than the typical structure of their kind (a lateral sliver of a disc)
+    would count as a level of their own along the column: they go."""
+    out = []
+    for kind in ("vertebra", "disc", "sacrum"):
+        same = [e for e in els if e.kind == kind]
+        if len(same) < 3:
+            out += same
+            continue
+        med = float(np.median([e.voxels for e in same]))
+        for e in same:
+            if e.voxels < cfg.min_size_share * med:
+                report.removed.append(f"{_name(e)} ({e.voxels} voxels): a sliver, "
+                                      f"< {cfg.min_size_share:.0%} of the median {kind}")
+            else:
+                out.append(e)
+    return out
 
 
 def _implausible(lumbar: list[tuple[Element, int]], cfg: PostprocessConfig) -> str | None:

@@ -102,9 +102,14 @@ def height_cut(el: Element, lo_mm: float, hi_mm: float, labels: np.ndarray) -> E
     return shrink(el, keep, labels)
 
 
+# Two pieces of one kind whose centres are closer than this in height are one structure seen
+# in two pieces (levels are ~37 mm apart; a disc ~10 mm, a body ~30 mm tall).
+SAME_LEVEL_MM = 12.0
+
+
 def order_and_merge(elements: list[Element], labels: np.ndarray) -> list[Element]:
     """Sort by height; merge consecutive same-kind elements that overlap in height by more
-    than half of the shorter one."""
+    than half of the shorter one, or whose centres are within SAME_LEVEL_MM in height."""
     els = sorted(elements, key=lambda e: e.centroid_mm[0])
     out: list[Element] = []
     for e in els:
@@ -112,7 +117,8 @@ def order_and_merge(elements: list[Element], labels: np.ndarray) -> list[Element
             a0, a1 = out[-1].si_range_mm
             b0, b1 = e.si_range_mm
             overlap = min(a1, b1) - max(a0, b0)
-            if overlap > 0.5 * min(a1 - a0, b1 - b0):
+            close = abs(out[-1].centroid_mm[0] - e.centroid_mm[0]) < SAME_LEVEL_MM
+            if close or overlap > 0.5 * min(a1 - a0, b1 - b0):
                 out[-1] = union(out[-1], e, labels)
                 continue
         out.append(e)
