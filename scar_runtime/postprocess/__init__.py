@@ -40,6 +40,8 @@ class PostprocessConfig:
     max_offset_mm: float = 20.0  # a structure whose centre is farther off the column goes
     max_size_ratio: float = 3.0  # a structure > this x the median of its kind is cut back
     min_size_share: float = 0.15  # a piece < this x the median of its kind is a sliver
+    min_keypoint_confidence: float = 0.3  # weaker key-points do not vote on level names
+    keypoint_reach_mm: float = 8.0  # a key-point this close to a structure votes for it
     min_lumbar_structures: int = 3
     # Smallest plausible lumbar sagittal cross-sections (median over the structures found):
     # a lumbar body is ~30 x 40 mm (1,200 mm^2), a disc ~10 x 40 mm; a cervical body is
@@ -81,12 +83,15 @@ def postprocess(labels: np.ndarray, spacing, keypoints_mm: dict[int, np.ndarray]
 
     ``keypoints_mm``: key-point index -> position in mm in the SAME frame as ``voxel * spacing``;
     ``report.keypoints_mm`` then holds them moved inside the structures of their name.
-    ``confidences`` is accepted for API compatibility; naming does not use the key-points.
+    ``confidences``: key-point index -> heatmap peak; key-points below
+    ``cfg.min_keypoint_confidence`` do not vote on the level names.
     """
     cfg = cfg or PostprocessConfig()
     spacing = np.asarray(spacing, dtype=np.float64)
     report = PostprocessReport()
-    out, _ = _column(labels, spacing, cfg, report)
+    kvox = {k: np.asarray(p, float) / spacing for k, p in (keypoints_mm or {}).items()
+            if confidences is None or confidences.get(k, 0.0) >= cfg.min_keypoint_confidence}
+    out, _ = _column(labels, spacing, cfg, report, kvox)
     if cfg.fill_holes:
         _fill_holes(out)
     _check_order(out, report)
@@ -103,7 +108,8 @@ def _not_found(report: PostprocessReport, reason: str, shape) -> tuple[np.ndarra
     return np.zeros(shape, np.uint8), []
 
 
-def _column(labels, spacing, cfg: PostprocessConfig, report: PostprocessReport):
+def _column(labels, spacing, cfg: PostprocessConfig, report: PostprocessReport,
+            kvox: dict[int, np.ndarray]):
     floor_vox = cfg.min_component_mm3 / float(np.prod(spacing))
     els = kind_components(labels, spacing, floor_vox, report.removed)
     if not els:
@@ -133,7 +139,7 @@ def _column(labels, spacing, cfg: PostprocessConfig, report: PostprocessReport):
                  default=None)
     below = ((labels.shape[0] * spacing[0] - lowest.centroid_mm[0]) if lowest is not None
              else (labels.shape[0] - foot) * spacing[0])
-    naming = name_levels(kept, below_mm=below)
+    naming = name_levels(kept, below_mm=below, kp_elements=_elements_of(kept, kvox, cfg))
     report.anchor, report.naming_confidence = naming.anchor, naming.confidence
     report.warnings += naming.warnings
     out = np.zeros(labels.shape, np.uint8)
@@ -159,6 +165,29 @@ def _column(labels, spacing, cfg: PostprocessConfig, report: PostprocessReport):
         report.removed.append(f"all structures: {reason}")
         return _not_found(report, reason, labels.shape)
     return out, [e for e, _ in named]
+
+
+def _elements_of(els: list[Element], kvox: dict[int, np.ndarray],
+                 cfg: PostprocessConfig) -> dict[int, int]:
+    """Key-point index -> index of the element it lies in (or within keypoint_reach_mm of)."""
+    out = {}
+    for k, p in kvox.items():
+        best, best_d = None, cfg.keypoint_reach_mm
+        for i, e in enumerate(els):
+            local = np.round(p).astype(int) - [b.start for b in e.box]
+            if all(0 <= v < n for v, n in zip(local, e.mask.shape, strict=True)) and \
+                    e.mask[tuple(local)]:
+                best = i
+                break
+            pts = np.argwhere(e.mask)
+            if not len(pts):
+                continue
+            d = float(np.min(np.linalg.norm((pts - local) * e.spacing, axis=1)))
+            if d < best_d:
+                best, best_d = i, d
+        if best is not None:
+            out[k] = best
+    return out
 
 
 def _median_heights(els: list[Element]) -> dict[str, float]:

@@ -6,9 +6,10 @@ scored nor anchors (they are dropped from the output). Walking down the ordered 
 follows a disc (+1) and a disc a body (+1); two bodies in a row mean a disc was missed (+2), and
 so on. That fixes every name up to one shift, and the shift is chosen from an anchor:
 
-1. ``sacrum``: an element the network calls S1 in most of its voxels fixes S1 = 0;
-2. else ``T12``: an element mostly called T12 (or the T12/L1 disc) fixes its position;
-3. else ``network classes``: the shift that agrees with the most predicted voxels.
+the shift with the most evidence (see :func:`name_levels`): the sacrum (the S1 class, or the
+lowest disc with the sacrum in view below it), T12 / the T12-L1 disc, the network's classes and
+its key-points. The anchor reported is the landmark the chosen naming agrees with: ``sacrum``,
+else ``T12``, else ``network classes``.
 
 The per-pixel classes of the network can be off by a whole level when the field of view starts
 higher or lower than in training; counting from a landmark cannot. The confidence is the share
@@ -39,6 +40,8 @@ CLASS_POS: dict[int, int] = {c: p for p, c in _POS_CLASS.items()}
 ANCHOR_MIN_SHARE = 0.5  # an element is an anchor when most of its voxels carry the anchor class
 SACRUM_VIEW_MM = 30.0  # image below the lowest disc's centre: the sacrum is in view
 ANCHOR_VOTE_WEIGHT = 3.0  # T12, T12/L1, S1 votes count this much in the agreement
+KEYPOINT_WEIGHT = 1.0  # units of evidence per key-point inside the structure of its name
+LOWEST_DISC_WEIGHT = 3.0  # units for "the lowest disc above the sacrum is L5/S1"
 
 
 def kind_at(pos: int) -> str:
@@ -84,58 +87,67 @@ def _agreement(els: list[Element], q: list[int], shift: int, anchor_weight: floa
     return float(total)
 
 
-def _anchor_shift(els: list[Element], q: list[int], below_mm: float) -> tuple[str, int] | None:
-    """The shift an anchor fixes, or None.
+def _lowest_disc_is_l5s1(els: list[Element], q: list[int], shift: int,
+                         below_mm: float) -> bool:
+    """The column ends in a disc (only sacrum below it), the image goes on for SACRUM_VIEW_MM
+    below it (the sacrum is in view), and this naming calls that disc L5/S1: there is no disc
+    below L5/S1 in the usual anatomy (a lumbarised S1 with a disc of its own is the
+    transitional case that only a whole-spine view settles)."""
+    lowest = max((i for i, e in enumerate(els) if e.kind == "disc"), default=None)
+    return (lowest is not None and lowest > 0 and els[lowest - 1].kind == "vertebra"
+            and all(e.kind == "sacrum" for e in els[lowest + 1:])
+            and below_mm >= SACRUM_VIEW_MM and q[lowest] + shift == -1)
 
-    1. The sacrum: an element at the foot of the column that the network calls S1 in most of
-       its voxels is S1.
-    2. The lowest disc above the sacrum: when the column ends in a disc (only sacrum below it)
-       and the image goes on for ``SACRUM_VIEW_MM`` below it, the sacrum is in view and that
-       disc is L5/S1 (there is no disc below L5/S1 in the usual anatomy; a lumbarised S1 with
-       its own disc is the transitional case that only a whole-spine view settles).
-    3. T12 is NOT used as a hard anchor: the network's T12 and T12/L1 classes are learnt from
-       fewer cases and came out one level off on val (a T11/T12 disc called T12/L1); they weigh
-       3x in the vote instead (see name_levels).
+
+def _keypoint_hits(kp_elements: dict[int, int], q: list[int], shift: int) -> int:
+    """How many key-points lie in the structure this naming gives their name."""
+    return sum(class_at(q[i] + shift) == k + 1 for k, i in kp_elements.items())
+
+
+def name_levels(els: list[Element], below_mm: float = 0.0,
+                kp_elements: dict[int, int] | None = None) -> Naming:
+    """Name the ordered column; every naming is one shift of the relative positions.
+
+    Each shift is scored by the evidence for it, in units of one typical structure: the
+    network's class votes (voxels; anchor classes T12, T12/L1, S1 x3), one unit per key-point
+    that lands in the structure of its name (the key-point branch is trained on the Tianchi
+    weak set, the segmentation is not: on val they disagreed where the classes had shifted),
+    and three units for "the lowest disc, with the sacrum in view below it, is L5/S1".
+    ``below_mm``: how far the image extends below the lowest disc; ``kp_elements``: key-point
+    index -> index of the element it lies in.
     """
-    if not els:
-        return None
-    foot = len(els) - 1
-    if els[foot].kind == "sacrum" and els[foot].share(L.S1_ID) >= ANCHOR_MIN_SHARE:
-        return "sacrum", S1_POS - q[foot]
-    lowest_disc = max((i for i, e in enumerate(els) if e.kind == "disc"), default=None)
-    if (lowest_disc is not None and all(e.kind == "sacrum" for e in els[lowest_disc + 1:])
-            and lowest_disc > 0 and els[lowest_disc - 1].kind == "vertebra"
-            and below_mm >= SACRUM_VIEW_MM):
-        return "sacrum", -1 - q[lowest_disc]
-    return None
-def name_levels(els: list[Element], below_mm: float = 0.0) -> Naming:
-    """``below_mm``: how far the image extends below the column's lowest disc (mm)."""
     q = relative_positions(els)
+    kp_elements = kp_elements or {}
     total = float(sum(e.voxels for e in els)) or 1.0
+    unit = float(np.median([e.voxels for e in els])) if els else 1.0
     lo = TOP_NAMED_POS - max(q) - 2
     shifts = [k for k in range(lo, S1_POS - min(q) + 1) if (k % 2) == 0]
-    scores = {k: _agreement(els, q, k) for k in shifts}
-    anchored = _anchor_shift(els, q, below_mm)
-    if anchored is not None:
-        anchor, shift = anchored
-    else:
-        weighted = {k: _agreement(els, q, k, ANCHOR_VOTE_WEIGHT) for k in shifts}
-        shift = max(weighted, key=lambda k: (weighted[k], -abs(k)))
-        by_t12 = any(e.share(class_at(p + shift)) >= ANCHOR_MIN_SHARE
-                     for e, p in zip(els, q, strict=True)
-                     if class_at(p + shift) in (L.T12_ID, L.T12_L1_ID))
-        anchor = "T12" if by_t12 else "network classes"
-    naming = Naming(positions=[p + shift for p in q], anchor=anchor,
-                    confidence=round(scores.get(shift, _agreement(els, q, shift)) / total, 3),
-                    alternatives={k: round(v / total, 3) for k, v in scores.items() if v})
-    naming.warnings += transitional_warnings(els, naming.positions)
-    if anchor != "network classes":
-        best = max(scores, key=lambda k: scores[k])
-        if best != shift and scores[best] > 1.5 * scores.get(shift, 0.0):
-            naming.warnings.append(
-                f"the {anchor} anchor names the levels {abs(best - shift) // 2} level(s) "
-                f"{'lower' if best > shift else 'higher'} than the network's own classes; "
-                "check the preview")
+    votes = {k: _agreement(els, q, k) for k in shifts}
+    evidence = {k: _agreement(els, q, k, ANCHOR_VOTE_WEIGHT)
+                + unit * KEYPOINT_WEIGHT * _keypoint_hits(kp_elements, q, k)
+                + unit * LOWEST_DISC_WEIGHT * _lowest_disc_is_l5s1(els, q, k, below_mm)
+                for k in shifts}
+    shift = max(evidence, key=lambda k: (evidence[k], -abs(k)))
+    positions = [p + shift for p in q]
+    sacrum_agrees = _lowest_disc_is_l5s1(els, q, shift, below_mm) or any(
+        e.share(L.S1_ID) >= ANCHOR_MIN_SHARE for e, p in zip(els, positions, strict=True)
+        if p == S1_POS)
+    t12_agrees = any(e.share(class_at(p)) >= ANCHOR_MIN_SHARE
+                     for e, p in zip(els, positions, strict=True)
+                     if class_at(p) in (L.T12_ID, L.T12_L1_ID))
+    anchor = "sacrum" if sacrum_agrees else "T12" if t12_agrees else "network classes"
+    ranked = sorted(evidence.values(), reverse=True)
+    margin = (ranked[0] - ranked[1]) / ranked[0] if len(ranked) > 1 and ranked[0] > 0 else 1.0
+    naming = Naming(positions=positions, anchor=anchor,
+                    confidence=round(float(min(votes.get(shift, 0.0) / total, margin)), 3),
+                    alternatives={k: round(v / total, 3) for k, v in votes.items() if v})
+    naming.warnings += transitional_warnings(els, positions)
+    best = max(votes, key=lambda k: votes[k])
+    if best != shift and votes[best] > 1.5 * votes.get(shift, 0.0):
+        naming.warnings.append(
+            f"counting from the {anchor} names the levels {abs(best - shift) // 2} level(s) "
+            f"{'lower' if best > shift else 'higher'} than the network's own classes; "
+            "check the preview")
     return naming
 
 
