@@ -21,6 +21,10 @@ import typer
 from scar_runtime import __version__
 from scar_runtime.errors import ConfigError, Interrupted, ScarError, from_library
 
+# `scar infer` exit status when every case ran but in some no lumbar spine was found (a cervical
+# scan, a knee, noise): distinct from 1 (an error) so scripts can tell the two apart.
+NO_LUMBAR_SPINE_EXIT = 3
+
 app = typer.Typer(
     name="scar",
     help="SCAR-Net lumbar-spine MRI segmentation: train, export, infer, evaluate.",
@@ -144,10 +148,16 @@ def infer_cmd(
         raise _Stopped(_one_line(e)) from None
     for path in summary.written:
         typer.echo(str(path))
+    if summary.no_spine and (summary.failed or len(summary.no_spine) + len(summary.done) > 1):
+        typer.echo(f"no lumbar spine found in {len(summary.no_spine)} case(s): "
+                   + ", ".join(n for n, _ in summary.no_spine), err=True)
     if summary.failed:
         names = ", ".join(n for n, _ in summary.failed)
         raise ScarError(f"{len(summary.failed)} of {len(summary.failed) + len(summary.done)} "
                         f"case(s) failed: {names}")
+    if summary.no_spine:
+        # not an error (the outputs say so, with the reason), but a script must be able to tell
+        raise typer.Exit(NO_LUMBAR_SPINE_EXIT)
 
 
 def _add_plugin(name: str, module: str, extra: str, help_text: str) -> None:

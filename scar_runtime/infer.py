@@ -30,6 +30,8 @@ class InferSummary:
     done: list[str] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
     written: list[Path] = field(default_factory=list)
+    # cases segmented without error in which no lumbar spine was found: (name, reason)
+    no_spine: list[tuple[str, str]] = field(default_factory=list)
 
 
 def find_inputs(path: Path) -> list[Path]:
@@ -161,7 +163,11 @@ def _run_cases(cases, seg, out_dir, formats, force, algorithm, first, all_source
                                  inputs=all_sources)
             summary.written += written
             summary.done.append(name)
-            lines = result.report.corrections + result.report.order_warnings
+            rep = result.report
+            lines = rep.warnings + rep.corrections + rep.order_warnings
+            if not rep.lumbar_spine_found:
+                summary.no_spine.append((case.label, rep.reason or "no lumbar spine"))
+                lines = [f"no lumbar spine found: {rep.reason}"]
             if "dicom_seg" in paths and paths["dicom_seg"] not in written:
                 lines = [*lines, "no structure found: no DICOM-SEG written"]
             for line in lines:

@@ -116,6 +116,11 @@ def keypoints_doc(result: SegmentationResult) -> dict:
 def stats_doc(result: SegmentationResult, input_path: Path | None) -> dict:
     doc = {"scar_net": __version__, "input": str(input_path) if input_path else None,
            "backend": result.backend, "spacing_mm": list(result.volume.spacing),
+           # first, so a user (or script) sees it before anything else
+           "lumbar_spine_found": result.report.lumbar_spine_found,
+           "reason": result.report.reason,
+           "level_naming": result.report.to_dict()["level_naming"],
+           "warnings": result.report.warnings,
            "structures": result.stats(), "postprocessing": result.report.to_dict()}
     dicom = dicom_source(result.volume)
     if dicom is not None:
