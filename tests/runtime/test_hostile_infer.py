@@ -224,10 +224,11 @@ def _resaved(tmp_path, name, edit, src=SAMPLE, klass=nib.Nifti1Image):
 
 
 def test_no_orientation_is_one_line_before_any_inference(tiny_model, tmp_path):
-    def no_xform(img):
-        img.header["qform_code"] = 0
-        img.header["sform_code"] = 0
-    p = _resaved(tmp_path, "nox.nii.gz", no_xform)
+    # qform_code = sform_code = 0 in the bytes (nibabel would set an sform on save)
+    raw = bytearray(gzip.decompress(SAMPLE.read_bytes()))
+    raw[252:256] = np.array([0, 0], "<i2").tobytes()
+    p = tmp_path / "nox.nii.gz"
+    p.write_bytes(gzip.compress(bytes(raw)))
     out = tmp_path / "out"
     assert_one_line_error(_infer(p, "-o", out, "--model", tiny_model["onnx"]), "no orientation")
     assert not out.exists() or list(out.iterdir()) == []
