@@ -18,6 +18,7 @@ need it, so the NIfTI path never loads it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import warnings
@@ -27,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from scar_runtime.errors import ConfigError, InputFileError, InvalidImageError
+from scar_runtime.errors import ConfigError, InputFileError, InvalidImageError, ScarError
 from scar_runtime.io.nifti import MAX_AXIS, MAX_VOXELS, Volume, is_nifti_path, volume_from_image
 
 MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
@@ -57,8 +58,17 @@ def _pydicom():
     return pydicom
 
 
+def _attr(ds, keyword: str):
+    """An attribute's value, None when absent or when pydicom cannot decode it (a damaged file:
+    the checks that need it then refuse the file in one line)."""
+    try:
+        return getattr(ds, keyword, None)
+    except Exception:  # noqa: BLE001 - decoding a hostile value may raise anything
+        return None
+
+
 def _file_uid(ds, keyword: str) -> str:
-    return str(getattr(ds, keyword, "") or "").strip()
+    return str(_attr(ds, keyword) or "").strip()
 
 
 # --------------------------------------------------------------------------- scanning
@@ -175,7 +185,6 @@ def scan_folder(root: Path | str) -> DicomScan:
         n_dicom += 1
         if n_dicom == 1:  # only now: a folder without DICOM files needs no pydicom
             pydicom = _pydicom()
-            from pydicom.errors import InvalidDicomError
         if n_dicom > MAX_DICOM_FILES:
             raise InputFileError(f"{root}: more than {MAX_DICOM_FILES:,} DICOM files; point scar "
                                  "at one study or a smaller folder of studies")
@@ -185,23 +194,33 @@ def scan_folder(root: Path | str) -> DicomScan:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 ds = pydicom.dcmread(path, defer_size="4 KB")
-            sop_class = _file_uid(ds, "SOPClassUID") or _file_uid(
-                getattr(ds, "file_meta", None), "MediaStorageSOPClassUID")
-        except (InvalidDicomError, EOFError, OSError, ValueError, TypeError, KeyError,
-                AttributeError, OverflowError) as e:
-            broken.append((path, f"unreadable DICOM header ({type(e).__name__}: {e})"))
+                # values are decoded on first access: a malformed one raises here, not later
+                sop_class = _file_uid(ds, "SOPClassUID") or _file_uid(
+                    getattr(ds, "file_meta", None), "MediaStorageSOPClassUID")
+                is_dicomdir = sop_class == MEDIA_STORAGE_DIRECTORY or (
+                    "DirectoryRecordSequence" in ds)
+                ours = sop_class == SEGMENTATION_STORAGE and str(
+                    getattr(ds, "Manufacturer", "")) == "scar-net"
+                study_uid = _file_uid(ds, "StudyInstanceUID")
+                series_uid = _file_uid(ds, "SeriesInstanceUID")
+                facts = dict(modality=str(getattr(ds, "Modality", "") or ""),
+                             description=str(getattr(ds, "SeriesDescription", "") or "").strip(),
+                             number=str(getattr(ds, "SeriesNumber", "") or ""))
+        except MemoryError:
+            raise
+        except Exception as e:  # noqa: BLE001 - pydicom raises many kinds on a damaged file
+            broken.append((path, f"unreadable DICOM header ({type(e).__name__}: "
+                                 f"{' '.join(str(e).split())[:160]})"))
             continue
         ended = [str(w.message) for w in caught if "end of file" in str(w.message).lower()]
         if ended:
             broken.append((path, f"truncated file ({ended[0].split(' in file ')[0]})"))
             continue
-        if sop_class == MEDIA_STORAGE_DIRECTORY or "DirectoryRecordSequence" in ds:
+        if is_dicomdir:
             dicomdirs.append(path)
             continue
-        if sop_class == SEGMENTATION_STORAGE and str(getattr(ds, "Manufacturer", "")) == "scar-net":
+        if ours:
             continue  # our own result from an earlier run into this folder
-        study_uid, series_uid = _file_uid(ds, "StudyInstanceUID"), _file_uid(ds,
-                                                                            "SeriesInstanceUID")
         if not study_uid or not series_uid:
             broken.append((path, "no StudyInstanceUID or SeriesInstanceUID"))
             continue
@@ -209,10 +228,7 @@ def scan_folder(root: Path | str) -> DicomScan:
         series = study.series.get(series_uid)
         if series is None:
             series = study.series[series_uid] = DicomSeries(
-                uid=series_uid, study_uid=study_uid, sop_class_uid=sop_class,
-                modality=str(getattr(ds, "Modality", "") or ""),
-                description=str(getattr(ds, "SeriesDescription", "") or "").strip(),
-                number=str(getattr(ds, "SeriesNumber", "") or ""))
+                uid=series_uid, study_uid=study_uid, sop_class_uid=sop_class, **facts)
         series.files.append(path)
         series.headers.append(ds)
     studies = sorted(by_study.values(), key=lambda s: min(s.files))
@@ -324,7 +340,7 @@ class DicomSource:
 
 def _floats(ds, keyword: str, n: int) -> np.ndarray | None:
     """``n`` finite numbers from a DS/FD attribute (one value or several), else None."""
-    raw = getattr(ds, keyword, None)
+    raw = _attr(ds, keyword)
     if raw is None:
         return None
     items = raw if hasattr(raw, "__iter__") and not isinstance(raw, str | bytes) else [raw]
@@ -337,7 +353,7 @@ def _floats(ds, keyword: str, n: int) -> np.ndarray | None:
 
 def _int(ds, keyword: str, default: int) -> int | None:
     """An integer attribute (IS/US), its default when absent or empty, None when malformed."""
-    raw = getattr(ds, keyword, None)
+    raw = _attr(ds, keyword)
     if raw is None or raw == "":
         return default
     try:
@@ -350,43 +366,63 @@ def _orientation_or_none(ds) -> np.ndarray | None:
     return _floats(ds, "ImageOrientationPatient", 6)
 
 
+@contextlib.contextmanager
+def _malformed_as_error(path: Path):
+    """pydicom decodes a value when it is first read: a malformed one (a DS that is no number, a
+    broken sequence) raises some library error; that is bad input, said in one line."""
+    try:
+        yield
+    except (ScarError, MemoryError):
+        raise
+    except Exception as e:  # noqa: BLE001 - any decoding error of a hostile file
+        raise InvalidImageError(f"{path}: malformed DICOM attribute ({type(e).__name__}: "
+                                f"{' '.join(str(e).split())[:160]})") from e
+
+
+def _slice_facts(path: Path, ds):
+    """One slice's (orientation, pixel spacing, size, photometric, frame of reference), or a
+    one-line refusal of what makes it unusable."""
+    if "PixelData" not in ds:
+        other = [k for k in ("FloatPixelData", "DoubleFloatPixelData") if k in ds]
+        raise InvalidImageError(f"{path}: no pixel data" + (f" ({other[0]} is not "
+                                                              "supported)" if other else ""))
+    frames = _int(ds, "NumberOfFrames", 1)
+    if frames != 1:
+        raise InvalidImageError(f"{path}: a multi-frame image ({ds.NumberOfFrames} frames); "
+                                "scar reads series of single-frame images")
+    if _int(ds, "SamplesPerPixel", 1) != 1:
+        raise InvalidImageError(f"{path}: a colour image ({ds.SamplesPerPixel} samples per "
+                                "pixel), expected a monochrome MR image")
+    photo = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")).strip()
+    if photo not in ("MONOCHROME1", "MONOCHROME2"):
+        raise InvalidImageError(f"{path}: photometric interpretation {photo}, expected "
+                                "MONOCHROME1 or MONOCHROME2")
+    iop = _orientation_or_none(ds)
+    ipp = _floats(ds, "ImagePositionPatient", 3)
+    ps = _floats(ds, "PixelSpacing", 2)
+    if iop is None or ipp is None:
+        raise InvalidImageError(f"{path}: no valid ImageOrientationPatient / "
+                                "ImagePositionPatient (not a slice with a position)")
+    if ps is None or np.any(ps <= 0):
+        raise InvalidImageError(f"{path}: no valid PixelSpacing")
+    r, c = iop[:3], iop[3:]
+    if (abs(np.linalg.norm(r) - 1) > ORIENTATION_ATOL or abs(np.linalg.norm(c) - 1)
+            > ORIENTATION_ATOL or abs(r @ c) > ORIENTATION_ATOL):
+        raise InvalidImageError(f"{path}: ImageOrientationPatient {iop.tolist()} is not two "
+                                "orthogonal unit vectors")
+    size = (_int(ds, "Rows", 0) or 0, _int(ds, "Columns", 0) or 0)
+    if min(size) < 1:
+        raise InvalidImageError(f"{path}: no image size (Rows/Columns)")
+    return iop, ps, size, photo, _file_uid(ds, "FrameOfReferenceUID")
+
+
 def _check_slice_headers(series: DicomSeries) -> tuple[np.ndarray, np.ndarray]:
     """Every slice: a single-frame monochrome image with geometry, all alike. Returns
     (orientation (6,), pixel spacing (2,)) of the stack."""
     ref_iop = ref_ps = ref_size = ref_photo = ref_for = None
     for path, ds in zip(series.files, series.headers, strict=True):
-        if "PixelData" not in ds:
-            other = [k for k in ("FloatPixelData", "DoubleFloatPixelData") if k in ds]
-            raise InvalidImageError(f"{path}: no pixel data" + (f" ({other[0]} is not "
-                                                                  "supported)" if other else ""))
-        frames = _int(ds, "NumberOfFrames", 1)
-        if frames != 1:
-            raise InvalidImageError(f"{path}: a multi-frame image ({ds.NumberOfFrames} frames); "
-                                    "scar reads series of single-frame images")
-        if _int(ds, "SamplesPerPixel", 1) != 1:
-            raise InvalidImageError(f"{path}: a colour image ({ds.SamplesPerPixel} samples per "
-                                    "pixel), expected a monochrome MR image")
-        photo = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")).strip()
-        if photo not in ("MONOCHROME1", "MONOCHROME2"):
-            raise InvalidImageError(f"{path}: photometric interpretation {photo}, expected "
-                                    "MONOCHROME1 or MONOCHROME2")
-        iop = _orientation_or_none(ds)
-        ipp = _floats(ds, "ImagePositionPatient", 3)
-        ps = _floats(ds, "PixelSpacing", 2)
-        if iop is None or ipp is None:
-            raise InvalidImageError(f"{path}: no valid ImageOrientationPatient / "
-                                    "ImagePositionPatient (not a slice with a position)")
-        if ps is None or np.any(ps <= 0):
-            raise InvalidImageError(f"{path}: no valid PixelSpacing")
-        r, c = iop[:3], iop[3:]
-        if (abs(np.linalg.norm(r) - 1) > ORIENTATION_ATOL or abs(np.linalg.norm(c) - 1)
-                > ORIENTATION_ATOL or abs(r @ c) > ORIENTATION_ATOL):
-            raise InvalidImageError(f"{path}: ImageOrientationPatient {iop.tolist()} is not two "
-                                    "orthogonal unit vectors")
-        size = (_int(ds, "Rows", 0) or 0, _int(ds, "Columns", 0) or 0)
-        if min(size) < 1:
-            raise InvalidImageError(f"{path}: no image size (Rows/Columns)")
-        frame = _file_uid(ds, "FrameOfReferenceUID")
+        with _malformed_as_error(path):
+            iop, ps, size, photo, frame = _slice_facts(path, ds)
         if ref_iop is None:
             ref_iop, ref_ps, ref_size, ref_photo, ref_for = iop, ps, size, photo, frame
             continue
@@ -493,7 +529,9 @@ def _read_pixels(path: Path, ds) -> np.ndarray:
     try:
         # Rescale Slope/Intercept (or a Modality LUT): stored values -> real MR intensities
         return np.asarray(apply_rescale(arr, ds), dtype=np.float32)
-    except (ValueError, TypeError, AttributeError, KeyError) as e:
+    except MemoryError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a damaged value may raise anything
         raise InvalidImageError(f"{path}: invalid rescale slope/intercept ({e})") from e
 
 
@@ -505,7 +543,10 @@ def series_volume(series: DicomSeries, *, name: str, path: Path | None = None) -
     order, step = _slice_order(series, iop)
     files = [series.files[i] for i in order]
     headers = [series.headers[i] for i in order]
-    slices = [_read_pixels(f, ds) for f, ds in zip(files, headers, strict=True)]
+    slices = []
+    for f, ds in zip(files, headers, strict=True):
+        with _malformed_as_error(f):
+            slices.append(_read_pixels(f, ds))
     data = np.stack(slices, axis=-1).transpose(1, 0, 2)  # (column, row, slice)
     del slices
     if str(getattr(headers[0], "PhotometricInterpretation", "")).strip() == "MONOCHROME1":

@@ -252,6 +252,15 @@ def _different_size(folder):
     return "different size"
 
 
+def _malformed_value(folder):
+    files = _fixture_copy(folder)
+    raw = files[4].read_bytes()
+    spacing = b"\x28\x00\x30\x00DS\x08\x002.0\\2.0 "  # (0028,0030) PixelSpacing 2.0, 2.0
+    assert raw.count(spacing) == 1
+    files[4].write_bytes(raw.replace(spacing, spacing[:8] + b"abc\\2.0 "))  # not a number
+    return "PixelSpacing"
+
+
 def _axial_only(folder):
     write_series(CHU_IMG, folder, SeriesSpec(axcodes=("L", "P", "I")))
     return "no sagittal MR"
@@ -271,6 +280,7 @@ BAD_DICOM = {
     "non-uniform slice spacing": _non_uniform,
     "slices of different size": _different_size,
     "an axial series only": _axial_only,
+    "a malformed attribute value": _malformed_value,
 }
 
 
