@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO, SHARED_INDEX, needs_shared
+from conftest import REPO, SHARED_DATA, needs_shared
 
 from scar_runtime import __version__
 from scar_runtime.backends import create_runner
@@ -60,10 +60,15 @@ def test_model_card_matches_the_shipped_model(shipped):
     assert facts["training_step"] == str(meta.training["step"])
 
 
+# The shipped v2 model was trained on index_v2.json (index.json, the v0.1 set, is unchanged).
+TRAINING_INDEX = SHARED_DATA / "index_v2.json"
+
+
 @needs_shared
 def test_shipped_model_was_trained_on_this_data_index(shipped):
     _, meta = shipped
-    assert meta.data_index_sha256 == hashlib.sha256(SHARED_INDEX.read_bytes()).hexdigest()
+    assert meta.data_index_sha256 == hashlib.sha256(TRAINING_INDEX.read_bytes()).hexdigest()
+    assert meta.labels["num_classes"] == 14  # the anchor classes T12, T12/L1, S1
 
 
 def test_demo_segments_the_shipped_sample(tmp_path):
