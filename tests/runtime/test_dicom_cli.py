@@ -38,6 +38,12 @@ def model(request):
         return request.getfixturevalue("tiny_model")["onnx"]
 
 
+def _run_model(model):
+    # one named backend for every run: the comparisons are between identical computations, and
+    # "auto" may first time the installed backends on this machine
+    return ("--model", model, "--backend", "onnxruntime")
+
+
 def in_layout_of(img, ref):
     xform = nib.orientations.ornt_transform(nib.io_orientation(img.affine),
                                             nib.io_orientation(ref.affine))
@@ -45,7 +51,7 @@ def in_layout_of(img, ref):
 
 
 def test_dicom_and_nifti_give_the_same_segmentation_in_world_space(model, tmp_path):
-    p = run_scar("infer", CHU_IMG, "-o", tmp_path / "nifti", "--model", model)
+    p = run_scar("infer", CHU_IMG, "-o", tmp_path / "nifti", *_run_model(model), timeout=900)
     assert p.returncode == 0, p.stderr
     stem = "fcs_vb2_chu_06_2mm_img"
     ref = nib.load(str(tmp_path / "nifti" / f"{stem}_seg.nii.gz"))
@@ -55,7 +61,7 @@ def test_dicom_and_nifti_give_the_same_segmentation_in_world_space(model, tmp_pa
                                               layout="nested"))
     for series, name in ((CHU_DICOM, CHU_DICOM.name), (swapped, "swapped")):
         out = tmp_path / f"out_{name}"
-        p = run_scar("infer", series, "-o", out, "--model", model)
+        p = run_scar("infer", series, "-o", out, *_run_model(model), timeout=900)
         assert p.returncode == 0, p.stderr
         seg = nib.load(str(out / f"{name}_seg.nii.gz"))
         first = pydicom.dcmread(next(f for f in series.rglob("*") if f.is_file()))
@@ -90,7 +96,8 @@ def test_a_folder_of_studies_goes_past_a_bad_study(model, tmp_path):
     write_series(CHU_IMG, root / "bad", SeriesSpec(shuffle=None))
     (root / "bad" / "IM0019.dcm").unlink()  # a missing slice
     out = tmp_path / "out"
-    p = run_scar("infer", root, "-o", out, "--model", model, "--format", "nifti")
+    p = run_scar("infer", root, "-o", out, *_run_model(model), "--format", "nifti",
+                 timeout=900)
     assert p.returncode != 0 and "Traceback" not in p.stderr
     last = p.stderr.strip().splitlines()[-1]
     assert "1 of 2 case(s) failed: bad" in last, p.stderr
@@ -107,11 +114,11 @@ def test_series_option_and_dicom_seg_only(model, tmp_path):
         write_series(CHU_IMG, tmp_path / "study" / f"s{i}",
                      SeriesSpec(study_uid=study, series_uid=uid, series_number=i + 1))
     out = tmp_path / "out"
-    p = run_scar("infer", tmp_path / "study", "-o", out, "--model", model)
+    p = run_scar("infer", tmp_path / "study", "-o", out, *_run_model(model))
     assert_one_line_error(p, "--series", uids[0], uids[1])
     assert not out.exists() or not list(out.iterdir())
-    p = run_scar("infer", tmp_path / "study", "-o", out, "--model", model, "--series", uids[1],
-                 "--format", "dicom-seg")
+    p = run_scar("infer", tmp_path / "study", "-o", out, *_run_model(model), "--series", uids[1],
+                 "--format", "dicom-seg", timeout=900)
     assert p.returncode == 0, p.stderr
     assert not list(out.glob("*.nii.gz"))
     kp = json.loads(next(out.glob("*_keypoints.json")).read_text())
