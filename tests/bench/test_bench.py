@@ -140,7 +140,8 @@ def test_json_structure(quick_run):
 def test_accuracy_table2_and_differences(quick_run):
     doc = quick_run["doc"]
     acc = doc["accuracy"]
-    assert acc["columns"] == [s.name for s in L.STRUCTURES] + ["VB avg", "IVD avg", "All avg"]
+    assert acc["columns"] == [s.name for s in L.STRUCTURES] + ["VB avg", "IVD avg", "All avg",
+                                                               "far-FP max"]
     assert acc["reference"] == "pytorch-fp32-cpu"
     assert set(acc["tables"]) == {"pytorch-fp32-cpu", "onnxruntime-fp32-cpu",
                                   "onnxruntime-int8-cpu", "onnxruntime-fp16-cpu"}
@@ -150,6 +151,9 @@ def test_accuracy_table2_and_differences(quick_run):
                if s.kind == "vertebra")
     assert t["dice"]["VB avg"] is None and t["n"]["IVD avg"] == 5
     assert all(t["dice"][s.name] is not None for s in L.STRUCTURES if s.kind == "disc")
+    # beside Dice: the far-false-positive share, judged whatever the set labels
+    assert _is_number(t["dice"]["far-FP max"]) and 0.0 <= t["dice"]["far-FP max"] <= 1.0
+    assert t["n"]["far-FP max"] == 1
     d = acc["delta_points_vs_reference"]
     assert all(v in (0, None) for v in d["pytorch-fp32-cpu"].values())
     assert _is_number(d["onnxruntime-int8-cpu"]["All avg"])
