@@ -148,7 +148,7 @@ def infer_cmd(
         raise _Stopped(_one_line(e)) from None
     for path in summary.written:
         typer.echo(str(path))
-    if summary.no_spine and (summary.failed or len(summary.no_spine) + len(summary.done) > 1):
+    if summary.no_spine and (summary.failed or len(summary.done) > 1):
         typer.echo(f"no lumbar spine found in {len(summary.no_spine)} case(s): "
                    + ", ".join(n for n, _ in summary.no_spine), err=True)
     if summary.failed:

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from scar_runtime.backends.base import Runner
+from scar_runtime.errors import ModelError
 
 PROBE_SHAPE = (1, 1, 256, 256)
 PROBE_REPS = 3
@@ -97,6 +98,8 @@ def fastest_cpu_runner(model: Path, *, threads: int | None, precision: str) -> R
 
     from scar_runtime.backends.onnxruntime import OnnxRuntimeRunner
 
+    if not Path(model).is_file():  # before hashing it for the cache key: one clear line
+        raise ModelError(f"{model}: no such model file")
     ort_runner = OnnxRuntimeRunner(model, device="cpu", threads=threads)
     if importlib.util.find_spec("openvino") is None:
         return ort_runner

@@ -29,13 +29,14 @@ def _mini_index(tmp_path):
 
 def test_mini_index(tmp_path):
     vb, ivd = read_index(_mini_index(tmp_path))
-    assert vb.supervision == "vertebrae" and vb.labelled_classes == {1, 2, 3, 4, 5}
+    # the mini index's vertebra case lists T12: that anchor class is labelled there too
+    assert vb.supervision == "vertebrae" and vb.labelled_classes == {1, 2, 3, 4, 5, 11}
     assert ivd.supervision == "discs" and ivd.labelled_classes == {6, 7, 8, 9, 10}
     assert vb.labelled_keypoints == {0, 1, 2, 3, 4}
     assert ivd.labelled_keypoints == {5, 6, 7, 8, 9}
     img = vb.load_image()
     seg = vb.load_seg(img)
-    assert seg.data.shape == img.shape and set(np.unique(seg.data)) == {0, 1, 2, 3, 4, 5}
+    assert seg.data.shape == img.shape and set(np.unique(seg.data)) == {0, 1, 2, 3, 4, 5, 11}
     seg = ivd.load_seg()
     assert set(np.unique(seg.data)) == {0, 6, 7, 8, 9, 10}
 

@@ -28,7 +28,7 @@ from conftest import (
 from PIL import Image
 
 from scar_runtime import Segmenter
-from scar_runtime.labels import KEYPOINT_NAMES
+from scar_runtime.labels import ALL_STRUCTURES, KEYPOINT_NAMES
 
 SAMPLE = REPO / "scar_runtime" / "sample" / "chu2015_14_crop_img.nii.gz"
 
@@ -48,14 +48,15 @@ def _in_layout_of(img, ref):
     return img.as_reoriented(xform)
 
 
-def test_outputs_and_geometry(tiny_model, tmp_path):
-    p = run_scar("infer", SAMPLE, "-o", tmp_path, "--model", tiny_model["onnx"])
+def test_outputs_and_geometry(tmp_path):
+    # the shipped model: a 2-step tiny model finds no lumbar spine (exit 3, tested elsewhere)
+    p = run_scar("infer", SAMPLE, "-o", tmp_path)
     assert p.returncode == 0, p.stderr
     name = "chu2015_14_crop_img"
     src = nib.load(str(SAMPLE))
     seg = nib.load(str(tmp_path / f"{name}_seg.nii.gz"))
     assert_same_geometry(seg, src)
-    assert np.asanyarray(seg.dataobj).max() <= 10
+    assert np.asanyarray(seg.dataobj).max() <= 13
     kp = json.loads((tmp_path / f"{name}_keypoints.json").read_text())
     assert [k["name"] for k in kp["keypoints"]] == list(KEYPOINT_NAMES)
     for k in kp["keypoints"]:
@@ -64,7 +65,8 @@ def test_outputs_and_geometry(tiny_model, tmp_path):
         np.testing.assert_allclose(nib.affines.apply_affine(src.affine, k["voxel"]),
                                    k["world_mm"], atol=0.05)
     stats = json.loads((tmp_path / f"{name}_stats.json").read_text())
-    assert set(stats["structures"]) == set(KEYPOINT_NAMES)
+    assert stats["lumbar_spine_found"] is True and stats["level_naming"]["anchor"]
+    assert set(stats["structures"]) == {s.name for s in ALL_STRUCTURES}
     for s in stats["structures"].values():
         if s["present"]:
             assert s["volume_mm3"] > 0 and s["n_slices"] >= 1
@@ -74,9 +76,9 @@ def test_outputs_and_geometry(tiny_model, tmp_path):
     assert labels["classes"][1]["name"] == "L1"
     assert not [f for f in tmp_path.iterdir() if f.name.startswith(".")]
     # a second run refuses to replace the results without --force
-    p = run_scar("infer", SAMPLE, "-o", tmp_path, "--model", tiny_model["onnx"])
+    p = run_scar("infer", SAMPLE, "-o", tmp_path)
     assert_one_line_error(p, "already exists")
-    p = run_scar("infer", SAMPLE, "-o", tmp_path, "--model", tiny_model["onnx"], "--force")
+    p = run_scar("infer", SAMPLE, "-o", tmp_path, "--force")
     assert p.returncode == 0, p.stderr
 
 
