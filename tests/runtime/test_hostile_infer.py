@@ -146,8 +146,11 @@ def test_unreadable_entries_are_listed_as_failed_not_skipped(tiny_model, tmp_pat
 def test_ctrl_c_in_a_folder_run_says_what_was_finished(tiny_model, tmp_path):
     src = tmp_path / "in"
     src.mkdir()
-    for i in range(4):
-        shutil.copy(CHU_IMG, src / f"case{i}.nii.gz")
+    # enough cases that the run is still going when the signal arrives, however fast a case is
+    # (with 4 a fast machine finished them all first and exited 3: "no lumbar spine")
+    n_cases = 16
+    for i in range(n_cases):
+        shutil.copy(CHU_IMG, src / f"case{i:02d}.nii.gz")
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "-m", "scar_runtime.cli", "infer", str(src), "-o",
                              str(out), "--model", str(tiny_model["onnx"])], cwd=REPO,
@@ -155,19 +158,19 @@ def test_ctrl_c_in_a_folder_run_says_what_was_finished(tiny_model, tmp_path):
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     deadline = time.time() + 600
     while time.time() < deadline and proc.poll() is None and not (
-            len(_case_files(out, "case0")) == 4 and (out / "labels.json").exists()):
+            len(_case_files(out, "case00")) == 4 and (out / "labels.json").exists()):
         time.sleep(0.05)
     time.sleep(0.2)  # the first case is complete (its files appear in one step, labels.json last)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     last = err.strip().splitlines()[-1]
-    assert last.startswith("scar: interrupted: after ") and "of 4 case(s)" in last, err
+    assert last.startswith("scar: interrupted: after ") and f"of {n_cases} case(s)" in last, err
     done = int(last.split("after ")[1].split(" of")[0])
     assert done >= 1
     # every finished case is complete, nothing else is there
     for i in range(done):
-        assert len(_case_files(out, f"case{i}")) == 4
+        assert len(_case_files(out, f"case{i:02d}")) == 4
     assert len(list(out.glob("*_seg.nii.gz"))) == done
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
 
