@@ -14,6 +14,7 @@ import pytest
 import torch
 from conftest import CHU_IMG, CHU_SEG, REPO, assert_one_line_error, run_scar
 
+from scar_runtime import labels as L
 from scar_runtime.io import load_volume
 from scar_runtime.labels import verse_to_model
 from scar_runtime.metrics import dice
@@ -40,7 +41,7 @@ def test_overfits_a_handful_of_real_slices():
     idx = [16, 18, 20, 22]  # central sagittal slices (all five lumbar bodies visible)
     xb = torch.from_numpy(x[idx])
     yb = torch.from_numpy(y[idx].astype(np.int64))
-    batch = {"labels": yb, "class_mask": torch.ones(4, 11, dtype=torch.bool),
+    batch = {"labels": yb, "class_mask": torch.ones(4, L.NUM_CLASSES, dtype=torch.bool),
              "has_seg": torch.ones(4, dtype=torch.bool),
              "heatmaps": torch.zeros(4, 10, xb.shape[2] // 4, xb.shape[3] // 4),
              "kp_mask": torch.zeros(4, 10, dtype=torch.bool)}
