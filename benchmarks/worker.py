@@ -159,14 +159,15 @@ def measure_accuracy(seg, spec: dict) -> dict:
             vol = load_volume(case.image)
             load = time.perf_counter() - t0
             result, split = timed_segment(seg, vol)
-            gt = case.load_seg(vol).data
+            raw = case.load_raw_seg(vol)
+            gt = case.load_seg(raw=raw).data
         except ScarError as e:  # a broken case fails the same way for every backend
             failed[cid] = str(e)
             continue
         score = case.score(result.labels, gt, vol)
         scores.append(score)
         # judged whatever the set labels (Dice cannot see a class leaking over the background)
-        far = far_false_positive_share(result.labels, case.load_raw_seg(vol) > 0, vol.spacing)
+        far = far_false_positive_share(result.labels, raw.data > 0, vol.spacing)
         per_case[case.id] = {"mean_dice": score.mean_dice, "far_fp": far,
                              "size_ratio": size_outlier_ratio(result.labels),
                              "dice": {s.name: s.dice_3d for s in score.structures if s.labelled}}

@@ -99,25 +99,24 @@ class Case:
     def load_image(self) -> Volume:
         return load_volume(self.image)
 
-    def load_seg(self, image: Volume | None = None) -> Volume:
-        """The mask in the working layout with MODEL class ids (VerSe ids mapped)."""
+    def load_seg(self, image: Volume | None = None, raw: Volume | None = None) -> Volume:
+        """The mask in the working layout with MODEL class ids (VerSe ids mapped). ``raw``:
+        the mask already read by :meth:`load_raw_seg` (saves reading the file twice)."""
+        seg = raw if raw is not None else self._read_seg(image)
+        return Volume(**{**vars(seg), "data": L.verse_to_model(seg.data)})
+
+    def _read_seg(self, image: Volume | None) -> Volume:
         if self.seg is None:
             raise DataIndexError(f"{self.id} has no segmentation")
         seg = load_volume(self.seg, as_labels=True)
         if image is not None:
             check_same_grid(image, seg)
-        seg.data = L.verse_to_model(seg.data)
         return seg
 
-    def load_raw_seg(self, image: Volume | None = None) -> np.ndarray:
-        """The mask's own (VerSe) ids in the working layout: every structure the set labels,
-        thoracic and sacral ones included, for "far from every labelled structure"."""
-        if self.seg is None:
-            raise DataIndexError(f"{self.id} has no segmentation")
-        seg = load_volume(self.seg, as_labels=True)
-        if image is not None:
-            check_same_grid(image, seg)
-        return seg.data
+    def load_raw_seg(self, image: Volume | None = None) -> Volume:
+        """The mask with its own (VerSe) ids in the working layout: every structure the set
+        labels, thoracic and sacral ones included, for "far from every labelled structure"."""
+        return self._read_seg(image)
 
     def score(self, pred: np.ndarray, gt: np.ndarray, image: Volume):
         """Metrics of a working-layout prediction on the structures this case's set labels:

@@ -101,10 +101,10 @@ def prepare_case(case: Case, cfg: PreprocessConfig) -> PreparedCase:
     fg = np.zeros(0, dtype=int)
     kps: dict = {}
     if case.seg is not None:
-        seg = case.load_seg(vol)
-        labels = resample_labels(seg.data, grid).astype(np.uint8)
+        raw_seg = case.load_raw_seg(vol)  # read once: classes and "any labelled structure"
+        labels = resample_labels(case.load_seg(raw=raw_seg).data, grid).astype(np.uint8)
         # every structure the mask labels counts, T11 and above included (raw ids, not classes)
-        raw = resample_labels((case.load_raw_seg(vol) > 0).astype(np.uint8), grid) > 0
+        raw = resample_labels((raw_seg.data > 0).astype(np.uint8), grid) > 0
         distance = distance_to_structures(raw, (cfg.spacing_mm, cfg.spacing_mm,
                                                 float(vol.spacing[2])))
         fg = np.nonzero(np.isin(labels, list(case.labelled_classes)).any(axis=(0, 1)))[0]

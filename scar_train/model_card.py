@@ -49,10 +49,9 @@ def evaluate_case(seg: Segmenter, case) -> dict:
     row["kp_errors_mm"] = {L.KEYPOINT_NAMES[k]: float(np.linalg.norm(pred_kp[k] - ref))
                            for k, ref in points.items()}
     if case.seg is not None:
-        gt = case.load_seg(vol).data
-        row["score"] = case.score(res.labels, gt, vol)
-        row["far_fp"] = M.far_false_positive_share(res.labels, case.load_raw_seg(vol) > 0,
-                                                   vol.spacing)
+        raw = case.load_raw_seg(vol)
+        row["score"] = case.score(res.labels, case.load_seg(raw=raw).data, vol)
+        row["far_fp"] = M.far_false_positive_share(res.labels, raw.data > 0, vol.spacing)
         row["levels_right"] = row["score"].identification_rate == 1.0
     else:
         inv = np.linalg.inv(vol.affine)

@@ -26,17 +26,13 @@ def predict(model: torch.nn.Module, volume: np.ndarray, spacing: tuple[float, fl
     """Working-layout volume -> (label map, key-points (S, K, 2) network px, peak (S, K), grid)."""
     x, grid = image_to_slices(volume, spacing, cfg)
     out = np.zeros((x.shape[0],) + x.shape[2:], np.uint8)
-    kp = np.zeros((x.shape[0], 0, 2), np.float32)
-    peak = np.zeros((x.shape[0], 0), np.float32)
     kps, peaks = [], []
     for i in range(0, x.shape[0], batch):
         o = model(torch.from_numpy(x[i:i + batch]).to(device))
         out[i:i + batch] = o.logits.argmax(1).to(torch.uint8).cpu().numpy()
         kps.append(o.keypoints.cpu().numpy())
         peaks.append(o.heatmaps.flatten(2).amax(-1).cpu().numpy())
-    if kps:
-        kp, peak = np.concatenate(kps), np.concatenate(peaks)
-    return slices_to_labels(out, grid), kp, peak, grid
+    return slices_to_labels(out, grid), np.concatenate(kps), np.concatenate(peaks), grid
 
 
 def predict_labels(model: torch.nn.Module, volume: np.ndarray, spacing: tuple[float, float],
@@ -75,13 +71,12 @@ def validate(model: torch.nn.Module, cases: list[Case], cfg: PreprocessConfig, *
                                            batch=batch, device=device)
             row: dict = {"dataset": case.dataset}
             if case.seg is not None:
-                gt = case.load_seg(vol).data
-                s = case.score(pred, gt, vol)
+                raw = case.load_raw_seg(vol)
+                s = case.score(pred, case.load_seg(raw=raw).data, vol)
                 scores.append(s)
                 row.update(mean_dice=s.mean_dice, vb=s.mean_vertebra_dice,
                            ivd=s.mean_disc_dice,
-                           far_fp=M.far_false_positive_share(pred, case.load_raw_seg(vol) > 0,
-                                                             vol.spacing))
+                           far_fp=M.far_false_positive_share(pred, raw.data > 0, vol.spacing))
             if case.supervision == "keypoints" or case.keypoints is not None:
                 errs = keypoint_errors_mm(case, vol, kp, peak, grid)
                 kp_errs[case.id] = errs
