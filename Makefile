@@ -22,8 +22,12 @@ $(VENV)/.installed: pyproject.toml
 		--target $(VENV)/typing-stubs tensorrt-stubs
 	touch $@
 
+# Two workers (CI has 2 cores; many tests wait on single-threaded subprocesses). Tests are spread
+# one by one, except modules marked xdist_group, whose costly fixtures (exports, the bench run)
+# one worker builds once.
+TEST_WORKERS ?= 2
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
 test-fast: install
 	$(PY) -m pytest -q -m "not slow"

@@ -336,14 +336,13 @@ def atomic_write_unnamed(path: Path | str, write: Callable[[Path], None], *,
     try:
         write(Path(f"/proc/self/fd/{fd}"))
         os.fsync(fd)
-        if path.exists() and not force:
-            raise OutputError(f"{path} already exists (use --force to replace it)")
-        _publish_unnamed(fd, path)
     except OSError as e:
-        raise OutputError(f"cannot write {path}: {e.strerror or e}") from e
-    finally:
         os.close(fd)
-    return path
+        raise OutputError(f"cannot write {path}: {e.strerror or e}") from e
+    except BaseException:
+        os.close(fd)
+        raise
+    return _publish_and_close(fd, path, force)
 
 
 def atomic_write_stream(path: Path | str, write: Callable[[BinaryIO], object], *,
@@ -365,6 +364,12 @@ def atomic_write_stream(path: Path | str, write: Callable[[BinaryIO], object], *
                 write(f)
 
         return atomic_write(path, write_named, force=force, inputs=inputs)
+    return _publish_and_close(fd, path, force)
+
+
+def _publish_and_close(fd: int, path: Path, force: bool) -> Path:
+    """Give the complete nameless file ``fd`` its name (refusing an existing output unless
+    ``force``), and close it whatever happens."""
     try:
         if path.exists() and not force:
             raise OutputError(f"{path} already exists (use --force to replace it)")

@@ -154,8 +154,29 @@ def mini_index(tmp_path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> dict:
     """A real (2-step) SCAR-Net trained on the mini index and exported with `scar export`:
-    weights are poor, but every code path (checkpoint, ONNX, metadata) is the real one."""
-    d = tmp_path_factory.mktemp("tiny_model")
+    weights are poor, but every code path (checkpoint, ONNX, metadata) is the real one.
+
+    Under pytest-xdist the workers share one build: the first to take the lock trains and
+    exports into the run's common temp folder, the others wait and reuse it (the pattern of
+    pytest-xdist's docs)."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):  # plain pytest: nobody to share with
+        return _build_tiny_model(tmp_path_factory.mktemp("tiny_model"))
+    from filelock import FileLock
+    shared = tmp_path_factory.getbasetemp().parent / "tiny_model"
+    with FileLock(str(shared) + ".lock"):
+        done = shared / "built"
+        if not done.exists():
+            if shared.exists():  # a worker died half-way: start afresh
+                import shutil
+                shutil.rmtree(shared)
+            shared.mkdir()
+            _build_tiny_model(shared)
+            done.touch()
+    return {"onnx": shared / "tiny.onnx", "checkpoint": shared / "run" / "last.pt",
+            "index": shared / "data" / "index.json"}
+
+
+def _build_tiny_model(d: Path) -> dict:
     index = write_mini_index(d / "data")
     run = d / "run"
     p = run_scar("train", "--data", index, "--out", run, "--max-steps", "2", "--batch", "2",

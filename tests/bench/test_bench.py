@@ -28,6 +28,9 @@ from scar_runtime.errors import ConfigError, ScarError
 from scar_runtime.io import load_volume
 from scar_runtime.metrics import evaluate_case, summarize
 
+# one worker builds this module's fixtures (make test runs pytest-xdist --dist loadgroup)
+pytestmark = pytest.mark.xdist_group("bench")
+
 ENV = {"OMP_NUM_THREADS": "1"}
 ROW_KEYS = {"backend", "precision", "device", "batch", "slice_ms_p50", "slice_ms_p95",
             "throughput_slices_s", "volume_s", "volume_split_s", "peak_rss_mb", "dice_mean",

@@ -20,6 +20,9 @@ from scar_export.onnx_export import export_onnx
 from scar_train.model import ScarNetConfig, build_model
 from scar_train.model.at import dynamic_depthwise_conv
 
+# one worker builds this module's fixtures (make test runs pytest-xdist --dist loadgroup)
+pytestmark = pytest.mark.xdist_group("dynconv")
+
 BATCHES = (1, 3, 8)
 needs_openvino = pytest.mark.skipif(importlib.util.find_spec("openvino") is None,
                                     reason="openvino is not installed (pip install "

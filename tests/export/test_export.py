@@ -47,6 +47,9 @@ from scar_train.model.at import dynamic_depthwise_conv, modulated_attention
 from scar_train.model.heads import soft_argmax_2d
 from scar_train.model.mcca import ChannelAttention, channel_attention, position_attention
 
+# one worker builds this module's fixtures (make test runs pytest-xdist --dist loadgroup)
+pytestmark = pytest.mark.xdist_group("export")
+
 ENV = {"OMP_NUM_THREADS": "1"}  # the exports and ORT sessions use one core
 SIZES = [(256, 256), (320, 192), (384, 384)]
 

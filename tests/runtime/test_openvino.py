@@ -23,9 +23,11 @@ from scar_runtime.io import load_volume
 from scar_runtime.preprocess import PreprocessConfig, image_to_slices
 from scar_runtime.segmenter import Segmenter, default_model_path
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("openvino") is None,
-                                reason="openvino is not installed (pip install "
-                                "'scar-net[openvino]')")
+pytestmark = [pytest.mark.skipif(importlib.util.find_spec("openvino") is None,
+                                 reason="openvino is not installed (pip install "
+                                 "'scar-net[openvino]')"),
+              # one worker builds this module's fixtures (make test: pytest-xdist loadgroup)
+              pytest.mark.xdist_group("openvino")]
 
 TINY = dict(stem_channels=[8, 8], low_channels=[8, 16, 128], block_channels=[32, 32],
             middle_blocks=1, aspp_channels=32, decoder_low_channels=8, decoder_channels=16,

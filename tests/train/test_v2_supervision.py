@@ -27,6 +27,9 @@ from scar_train.losses import UNKNOWN_MARGIN_MM, marginal_log_probs, scar_loss
 from scar_train.model import ScarNetConfig, build_model
 from scar_train.train import PREPROCESS, _batch_to_torch
 
+# one worker builds this module's fixtures (make test runs pytest-xdist --dist loadgroup)
+pytestmark = pytest.mark.xdist_group("v2_supervision")
+
 TIANCHI_INDEX = SHARED_DATA / "index_v2.json"
 
 
