@@ -172,8 +172,12 @@ def tiny_model(tmp_path_factory) -> dict:
             shared.mkdir()
             _build_tiny_model(shared)
             done.touch()
-    return {"onnx": shared / "tiny.onnx", "checkpoint": shared / "run" / "last.pt",
-            "index": shared / "data" / "index.json"}
+    return _tiny_model_paths(shared)
+
+
+def _tiny_model_paths(d: Path) -> dict:
+    return {"onnx": d / "tiny.onnx", "checkpoint": d / "run" / "last.pt",
+            "index": d / "data" / "index.json"}
 
 
 def _build_tiny_model(d: Path) -> dict:
@@ -186,4 +190,4 @@ def _build_tiny_model(d: Path) -> dict:
     onnx_path = d / "tiny.onnx"
     p = run_scar("export", run / "last.pt", "-o", onnx_path, timeout=900)
     assert p.returncode == 0, p.stderr[-2000:]
-    return {"onnx": onnx_path, "checkpoint": run / "last.pt", "index": index}
+    return _tiny_model_paths(d)
