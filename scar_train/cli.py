@@ -28,6 +28,9 @@ def train(
     lr: float = typer.Option(5e-4, help="Adam learning rate (divided by 5 at 1/3 and 2/3)."),
     no_mcca: bool = typer.Option(False, "--no-mcca", help="Ablation: no MCCA (MF = F_S^H)."),
     no_at: bool = typer.Option(False, "--no-at", help="Ablation: no AT (FE = F_S^L)."),
+    fine_refinement: bool = typer.Option(
+        False, "--fine-refinement", help="Add the stride-2 boundary refinement head (sharper "
+        "thin structures: discs; not in the paper)."),
     no_augment: bool = typer.Option(False, "--no-augment", help="Disable augmentation."),
     resume: bool = typer.Option(False, "--resume", help="Continue from OUT/last.pt."),
     fold: int | None = typer.Option(None, help="Cross-validation fold (with --folds)."),
@@ -52,7 +55,8 @@ def train(
                       steps_per_epoch=steps_per_epoch, max_steps=max_steps, batch=batch,
                       weak_per_batch=weak_per_batch, crop=crop, rec_weight=lambda_,
                       heatmap_pos_weight=heatmap_pos_weight, lr=lr,
-                      use_mcca=not no_mcca, use_at=not no_at, augment=not no_augment,
+                      use_mcca=not no_mcca, use_at=not no_at, fine_refinement=fine_refinement,
+                      augment=not no_augment,
                       seed=seed, fold=fold, folds=folds, val_every=val_every,
                       log_every=log_every, ckpt_every=ckpt_every, threads=threads,
                       device=device, resume=resume, init=str(init) if init else None,

@@ -31,6 +31,7 @@ class TrainConfig:
     lr: float = 5e-4
     use_mcca: bool = True
     use_at: bool = True
+    fine_refinement: bool = False  # stride-2 boundary refinement head (model/decoder.py)
     augment: bool = True
     seed: int = 0
     fold: int | None = None

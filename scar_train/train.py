@@ -79,14 +79,21 @@ def split_for_run(cases: list[Case], cfg: TrainConfig) -> tuple[list[Case], list
     return [c for c in pool if fold_of[c.subject] != cfg.fold], val
 
 
+NEW_HEAD_PREFIX = "decoder.refine."  # weights a fine-tuning run may add (BoundaryRefinement)
+
+
 def init_from_checkpoint(model: torch.nn.Module, path: str) -> None:
     """Copy a checkpoint's weights into ``model`` (fine-tuning). Tensors of equal shape are
     copied; a classifier with fewer classes (v0.1: 11) fills the first rows, which are the same
-    classes (labels.py keeps ids 1-10 fixed), and the new classes keep their fresh init. Any
-    other mismatch is an error, not a silent partial load."""
+    classes (labels.py keeps ids 1-10 fixed), and the new classes keep their fresh init. A
+    boundary-refinement head the checkpoint lacks keeps its init (its last conv is zero, so the
+    network starts as the checkpoint's). Any other mismatch is an error, not a silent partial
+    load."""
     src = load_checkpoint(path)["model"]
     own = model.state_dict()
     for k, v in own.items():
+        if k not in src and k.startswith(NEW_HEAD_PREFIX):
+            continue
         if k not in src:
             raise ConfigError(f"--init {path}: has no weight {k} (another model size?)")
         w = src[k]
@@ -181,7 +188,8 @@ def train(cfg: TrainConfig) -> dict:
         dist.barrier()
 
     torch.manual_seed(cfg.seed)
-    mcfg = ScarNetConfig.from_size(cfg.size, use_mcca=cfg.use_mcca, use_at=cfg.use_at)
+    mcfg = ScarNetConfig.from_size(cfg.size, use_mcca=cfg.use_mcca, use_at=cfg.use_at,
+                                   fine_refinement=cfg.fine_refinement)
     model = build_model(mcfg).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     total = cfg.total_steps

@@ -29,6 +29,7 @@ from .layers import ConvBNReLU, SeparableConv2d
 class EncoderFeatures(NamedTuple):
     low: torch.Tensor  # (N, low_channels[-1], H/4, W/4)
     high: torch.Tensor  # (N, aspp_channels, H/16, W/16)
+    fine: torch.Tensor | None = None  # (N, stem_channels[-1], H/2, W/2): the stem's output
 
 
 class XceptionBlock(nn.Module):
@@ -125,9 +126,10 @@ class SeparableEncoder(nn.Module):
         self.high_channels = aspp_channels
 
     def forward(self, x: torch.Tensor) -> EncoderFeatures:
-        low = self.low(self.stem(x))
+        fine = self.stem(x)
+        low = self.low(fine)
         high = self.aspp(self.exit(self.middle(self.down(low))))
-        return EncoderFeatures(low, high)
+        return EncoderFeatures(low, high, fine)
 
 
 class SegmentationEncoder(SeparableEncoder):

@@ -92,6 +92,8 @@ class ScarNet(nn.Module):
             config.num_classes,
             channels=config.decoder_channels,
             low_projection=config.decoder_low_channels,
+            fine_channels=config.stem_channels[-1] if config.fine_refinement else 0,
+            refine_channels=config.refine_channels,
         )
 
     def _check_input(self, x: torch.Tensor) -> None:
@@ -117,7 +119,7 @@ class ScarNet(nn.Module):
             weights = self.weight_map(keypoints, seg.low)
             alpha = self.adapter(rec.low)
             fe = seg.low + self.dynamic_conv(self.at(seg.low, weights), alpha)
-        logits = self.decoder(mf, fe, x)
+        logits = self.decoder(mf, fe, x, seg.fine)
         return ScarNetOutput(logits, heatmaps, keypoints)
 
 

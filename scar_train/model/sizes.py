@@ -44,6 +44,10 @@ class ScarNetConfig:
     decoder_low_channels: int = 48
     decoder_channels: int = 96
     head_channels: int = 64
+    # Stride-2 boundary refinement of the logits (decoder.BoundaryRefinement; not in the paper).
+    # Off by default: v0.1 and the first v2 model were trained without it.
+    fine_refinement: bool = False
+    refine_channels: int = 32
     softargmax_beta: float = 20.0
     # MCCA.
     mcca_reduction: int = 8

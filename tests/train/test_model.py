@@ -328,3 +328,61 @@ def test_build_model_and_paper_size() -> None:
     assert isinstance(paper, ScarNet)
     assert count_parameters(paper) > 20_000_000
     assert count_parameters(paper) > 10 * count_parameters(_model())
+
+
+# --------------------------------------------------------------------------- boundary refinement
+
+
+def test_boundary_refinement_starts_as_the_coarse_logits_and_learns() -> None:
+    """The stride-2 head's correction starts at zero: its logits are then exactly the stride-4
+    logits upsampled in two bilinear steps; after one optimiser step the correction is live."""
+    model = _model(fine_refinement=True).eval()
+    assert model.decoder.refine is not None and _model().decoder.refine is None
+    x = torch.randn(2, 1, 64, 96)
+    feats: dict[str, torch.Tensor] = {}
+    hooks = [model.decoder.classifier.register_forward_hook(
+                 lambda m, i, o: feats.update(s4=o.detach())),
+             model.seg_encoder.stem.register_forward_hook(
+                 lambda m, i, o: feats.update(s2=o.detach()))]
+    with torch.no_grad():
+        logits = model(x).logits
+    for h in hooks:
+        h.remove()
+    assert feats["s2"].shape[-2:] == (32, 48) and feats["s4"].shape[-2:] == (16, 24)
+    two_step = F.interpolate(F.interpolate(feats["s4"], size=(32, 48), mode="bilinear"),
+                             size=(64, 96), mode="bilinear")
+    torch.testing.assert_close(logits, two_step)
+    model.train()
+    out = model(x)
+    (out.logits * torch.randn_like(out.logits)).sum().backward()
+    assert _has_grad(model.decoder.refine.correction.weight)
+    assert _has_grad(model.seg_encoder.stem[1][0].weight)
+
+
+def test_fine_tuning_adds_the_refinement_head_to_an_older_checkpoint(tmp_path) -> None:
+    """--init from a checkpoint without the head: every shared weight copied, the head keeps
+    its zero start; any other missing weight is still refused."""
+    from scar_runtime.errors import ConfigError
+    from scar_train.checkpoint import save_checkpoint
+    from scar_train.train import init_from_checkpoint
+
+    old = _model()
+    path = tmp_path / "old.pt"
+
+    def save(state):
+        save_checkpoint(path, model_state=state, model_config=old.config.to_dict(),
+                        train_config={}, preprocess={}, data_index_sha256="", step=0, epoch=0)
+
+    save(old.state_dict())
+    new = _model(fine_refinement=True)
+    torch.nn.init.normal_(new.seg_encoder.stem[0][0].weight)
+    init_from_checkpoint(new, str(path))
+    own, src = new.state_dict(), old.state_dict()
+    assert all(torch.equal(own[k], v) for k, v in src.items())
+    assert sorted(set(own) - set(src)) and all(k.startswith("decoder.refine.")
+                                               for k in set(own) - set(src))
+    assert not new.decoder.refine.correction.weight.any()
+    state = {k: v for k, v in src.items() if not k.startswith("decoder.classifier.")}
+    save(state)
+    with pytest.raises(ConfigError, match="decoder.classifier"):
+        init_from_checkpoint(_model(), str(path))
