@@ -27,6 +27,14 @@ SPIDER_SEG = TEST_DATA / "spider_005_2mm_seg.nii.gz"
 CERVICAL_IMG = TEST_DATA / "cervical_tptbox" / "sub-mri_label-6_T2w.nii.gz"
 CERVICAL_SEG = TEST_DATA / "cervical_tptbox" / "sub-mri_seg-vert_label-6_msk.nii.gz"
 
+# Under pytest-xdist each worker gets its share of the cores, and so do the `scar` subprocesses
+# it starts (they inherit the variable; torch, ONNX Runtime and OpenVINO runners all honour it):
+# two workers whose threads each spin on every core ran subprocess tests up to 7x slower than
+# alone. Set before any test module imports torch.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    os.environ["OMP_NUM_THREADS"] = str(max(1, len(os.sched_getaffinity(0))
+                                            // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+
 needs_shared = pytest.mark.skipif(
     not SHARED_INDEX.is_file(),
     reason=f"the public data sets are not at {SHARED_DATA} (set SCAR_SHARED_DATA)")

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from scar_runtime.backends.base import Runner
+from scar_runtime.backends.threads import default_threads
 from scar_runtime.errors import ModelError
 
 PROBE_SHAPE = (1, 1, 256, 256)
@@ -105,7 +106,7 @@ def fastest_cpu_runner(model: Path, *, threads: int | None, precision: str) -> R
         return ort_runner
     from scar_runtime.backends.openvino import OpenVinoRunner
 
-    n_threads = int(threads or os.cpu_count() or 1)
+    n_threads = int(threads or default_threads())
     key = choice_key(model, n_threads, precision)
     cached = _read_cache().get(key)
     ov_runner = OpenVinoRunner(model, precision=precision, threads=threads)

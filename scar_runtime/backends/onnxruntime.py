@@ -1,13 +1,14 @@
-"""ONNX Runtime runner: the CPU default (threads = cores), CUDA when onnxruntime-gpu has it."""
+"""ONNX Runtime runner: the CPU default (threads: threads.default_threads), CUDA when
+onnxruntime-gpu has it."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 
 from scar_runtime.backends.base import Runner
+from scar_runtime.backends.threads import default_threads
 from scar_runtime.errors import ConfigError, ModelError
 from scar_runtime.model_meta import INPUT_NAME, OUTPUT_NAMES, ModelMetadata
 
@@ -35,7 +36,7 @@ class OnnxRuntimeRunner(Runner):
         use_cuda = self.device in ("cuda", "auto") and "CUDAExecutionProvider" in available
         providers = (["CUDAExecutionProvider"] if use_cuda else []) + ["CPUExecutionProvider"]
         opts = ort.SessionOptions()
-        opts.intra_op_num_threads = self.threads or os.cpu_count() or 1
+        opts.intra_op_num_threads = self.threads or default_threads()
         opts.inter_op_num_threads = 1  # one node at a time: the cores go to intra-op work
         # ENABLE_ALL (NCHWc layouts) measured fastest; start-up is 0.2-0.4 s, so a saved
         # optimised model would save too little to be worth a cache (docs/performance.md).

@@ -20,6 +20,7 @@ import numpy as np
 
 from scar_runtime.backends.base import Runner
 from scar_runtime.backends.precision import check_precision, gate_passed, read_gate, require_gate
+from scar_runtime.backends.threads import default_threads
 from scar_runtime.errors import ConfigError, ModelError
 from scar_runtime.model_meta import INPUT_NAME, OUTPUT_NAMES, ModelMetadata
 
@@ -108,7 +109,7 @@ class OpenVinoRunner(Runner):
         self.precision = self._pick_precision(
             list(core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")))
         config = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1,
-                  "INFERENCE_NUM_THREADS": int(self.threads or os.cpu_count() or 1),
+                  "INFERENCE_NUM_THREADS": int(self.threads or default_threads()),
                   "INFERENCE_PRECISION_HINT": OV_PRECISION[self.precision]}
         if self.use_cache:
             try:
