@@ -32,8 +32,10 @@ CERVICAL_SEG = TEST_DATA / "cervical_tptbox" / "sub-mri_seg-vert_label-6_msk.nii
 # two workers whose threads each spin on every core ran subprocess tests up to 7x slower than
 # alone. Set before any test module imports torch.
 if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
-    os.environ["OMP_NUM_THREADS"] = str(max(1, len(os.sched_getaffinity(0))
-                                            // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+    from scar_runtime.backends.threads import default_threads
+
+    os.environ["OMP_NUM_THREADS"] = str(
+        max(1, default_threads() // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
 
 needs_shared = pytest.mark.skipif(
     not SHARED_INDEX.is_file(),

@@ -5,12 +5,12 @@ from __future__ import annotations
 import os
 
 import pytest
-from conftest import TEST_DATA
 
 from scar_runtime.backends import create_runner
 from scar_runtime.backends.threads import default_threads
+from scar_runtime.segmenter import default_model_path
 
-SHIPPED = TEST_DATA.parent.parent / "scar_runtime" / "models" / "scarnet_small.onnx"
+SHIPPED = default_model_path()
 
 
 def test_omp_num_threads_wins_else_the_affinity_mask(monkeypatch):
@@ -23,7 +23,7 @@ def test_omp_num_threads_wins_else_the_affinity_mask(monkeypatch):
     assert default_threads() == len(os.sched_getaffinity(0))
 
 
-@pytest.mark.skipif(not SHIPPED.is_file(), reason="no shipped model")
+@pytest.mark.skipif(SHIPPED is None, reason="no shipped model")
 def test_onnxruntime_session_takes_the_default(monkeypatch):
     """The real session's intra-op pool follows OMP_NUM_THREADS; an explicit count beats it."""
     monkeypatch.setenv("OMP_NUM_THREADS", "1")

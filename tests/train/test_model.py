@@ -335,7 +335,8 @@ def test_build_model_and_paper_size() -> None:
 
 def test_boundary_refinement_starts_as_the_coarse_logits_and_learns() -> None:
     """The stride-2 head's correction starts at zero: its logits are then exactly the stride-4
-    logits upsampled in two bilinear steps; after one optimiser step the correction is live."""
+    logits upsampled in two bilinear steps; a loss still sends gradients into the correction
+    and the stem, so training moves it off zero."""
     model = _model(fine_refinement=True).eval()
     assert model.decoder.refine is not None and _model().decoder.refine is None
     x = torch.randn(2, 1, 64, 96)
