@@ -32,6 +32,7 @@ class TrainConfig:
     use_mcca: bool = True
     use_at: bool = True
     fine_refinement: bool = False  # stride-2 boundary refinement head (model/decoder.py)
+    gap_weight: float = 0.0  # extra CE weight in body-disc gaps of both-kind masks (data.py)
     augment: bool = True
     seed: int = 0
     fold: int | None = None
@@ -57,6 +58,8 @@ class TrainConfig:
             raise ConfigError("--fold and --folds go together")
         if self.folds is not None and not (self.folds >= 2 and 0 <= self.fold < self.folds):
             raise ConfigError(f"--fold must be in 0..{(self.folds or 1) - 1} and --folds >= 2")
+        if self.gap_weight < 0:
+            raise ConfigError(f"--gap-weight must be >= 0, not {self.gap_weight}")
         if self.weak_per_batch > self.batch:
             raise ConfigError("--weak-per-batch cannot exceed --batch")
 
@@ -80,6 +83,8 @@ class TrainConfig:
     def check_resumable_from(self, saved: dict) -> None:
         """Refuse --resume against a run trained with different settings."""
         mine = self.to_dict()
+        # a setting added after the run was saved had its default then
+        saved = {**TrainConfig.from_dict({"data": "", "out": "", **saved}).to_dict(), **saved}
         diff = [k for k in mine if k not in RESUMABLE_FIELDS and saved.get(k) != mine[k]]
         if diff:
             k = diff[0]

@@ -86,9 +86,17 @@ def marginal_log_probs(logits: torch.Tensor, class_mask: torch.Tensor,
     return torch.cat([bg, out[:, 1:]], dim=1)
 
 
-def partial_ce(logits, target, class_mask, sample_weight, distance=None) -> torch.Tensor:
+def partial_ce(logits, target, class_mask, sample_weight, distance=None,
+               pixel_weight=None) -> torch.Tensor:
+    """Per-sample mean of the (pixel-weighted) NLL, then the sample-weighted mean of those.
+
+    ``pixel_weight`` (N, H, W) multiplies each pixel's NLL and is not renormalised (as U-Net's
+    weight map): up-weighted pixels add loss rather than take it from the others."""
     logp = marginal_log_probs(logits, class_mask, distance)
-    nll = F.nll_loss(logp, target, reduction="none").mean(dim=(1, 2))
+    nll = F.nll_loss(logp, target, reduction="none")
+    if pixel_weight is not None:
+        nll = nll * pixel_weight.to(nll.dtype)
+    nll = nll.mean(dim=(1, 2))
     w = sample_weight.to(nll.dtype)
     return (nll * w).sum() / w.sum().clamp_min(1)
 
@@ -126,12 +134,14 @@ def heatmap_loss(pred, target, kp_mask, pos_weight: float = 0.0) -> torch.Tensor
 
 def scar_loss(out, batch, rec_weight: float, heatmap_pos_weight: float = 0.0) -> LossTerms:
     """``batch``: tensors labels (N,H,W), class_mask (N,C), has_seg (N,), heatmaps, kp_mask and
-    optionally distance (N,H,W). With ``distance`` every sample feeds the cross-entropy (a
-    key-point sample only where it is far from its centres); without it only mask samples do."""
+    optionally distance (N,H,W) and ce_weight (N,H,W). With ``distance`` every sample feeds the
+    cross-entropy (a key-point sample only where it is far from its centres); without it only mask
+    samples do. ``ce_weight`` weights the cross-entropy per pixel (the body-disc gaps: data.py)."""
     sw = batch["has_seg"].float()
     distance = batch.get("distance")
     ce_w = torch.ones_like(sw) if distance is not None else sw
-    ce = partial_ce(out.logits, batch["labels"], batch["class_mask"], ce_w, distance)
+    ce = partial_ce(out.logits, batch["labels"], batch["class_mask"], ce_w, distance,
+                    batch.get("ce_weight"))
     dice = partial_soft_dice(out.logits, batch["labels"], batch["class_mask"], sw)
     rec = heatmap_loss(out.heatmaps, batch["heatmaps"], batch["kp_mask"], heatmap_pos_weight)
     return LossTerms(total=ce + dice + rec_weight * rec, seg_ce=ce, seg_dice=dice, rec=rec)

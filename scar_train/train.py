@@ -133,7 +133,8 @@ def _batch_to_torch(b, device) -> dict:
             "has_seg": torch.from_numpy(b.has_seg).to(device),
             "heatmaps": torch.from_numpy(b.heatmaps).to(device),
             "kp_mask": torch.from_numpy(b.kp_mask).to(device),
-            "distance": torch.from_numpy(b.distance).to(device)}
+            "distance": torch.from_numpy(b.distance).to(device),
+            "ce_weight": torch.from_numpy(b.ce_weight).to(device)}
 
 
 def _progress(enabled: bool):
@@ -220,7 +221,7 @@ def train(cfg: TrainConfig) -> dict:
                            weak_per_batch=cfg.weak_per_batch, disc_fraction=cfg.disc_fraction,
                            both_fraction=cfg.both_fraction,
                            augment=AugmentConfig(enabled=cfg.augment),
-                           spacing_mm=PREPROCESS.spacing_mm,
+                           spacing_mm=PREPROCESS.spacing_mm, gap_weight=cfg.gap_weight,
                            seed=hash((cfg.seed, di.rank, start_step)) % 2**32)
 
     end = total if cfg.max_steps is None else min(total, cfg.max_steps)

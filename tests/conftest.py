@@ -42,6 +42,8 @@ needs_shared = pytest.mark.skipif(
     reason=f"the public data sets are not at {SHARED_DATA} (set SCAR_SHARED_DATA)")
 
 
+# optional: a run without xdist (-p no:xdist) has no such hook
+@pytest.hookimpl(optionalhook=True)
 def pytest_xdist_node_collection_finished(node, ids):
     """Stop at once when ``--dist loadgroup`` silently stops grouping (make test uses it).
 

@@ -147,3 +147,16 @@ def test_train_errors_are_one_line(tmp_path, mini_index):
                                    "--size", "huge"), "unknown size")
     assert_one_line_error(run_scar("train", "--data", mini_index, "--out", tmp_path / "r2",
                                    "--resume"), "no checkpoint")
+
+
+def test_resume_accepts_a_run_saved_before_a_setting_existed():
+    """A run saved by an older version lacks newer settings (gap_weight, fine_refinement); they
+    had their defaults then, so --resume with the defaults goes on and with others refuses."""
+    from scar_runtime.errors import ConfigError
+    from scar_train.config import TrainConfig
+
+    now = TrainConfig(data="d.json", out="r", resume=True)
+    saved = {k: v for k, v in now.to_dict().items() if k not in ("gap_weight", "fine_refinement")}
+    now.check_resumable_from(saved)
+    with pytest.raises(ConfigError, match="gap_weight=0.0, not 5.0"):
+        TrainConfig(data="d.json", out="r", resume=True, gap_weight=5.0).check_resumable_from(saved)

@@ -22,7 +22,7 @@ from scar_runtime import labels as L
 from scar_runtime.dataset import read_index
 from scar_runtime.io import load_volume
 from scar_runtime.metrics import far_false_positive_share
-from scar_train.data import AugmentConfig, SliceSampler, prepare_case
+from scar_train.data import AugmentConfig, SliceSampler, gap_weight_map, prepare_case
 from scar_train.losses import UNKNOWN_MARGIN_MM, marginal_log_probs, scar_loss
 from scar_train.model import ScarNetConfig, build_model
 from scar_train.train import PREPROCESS, _batch_to_torch
@@ -185,3 +185,65 @@ def test_far_false_positive_share_equals_a_hand_computation():
     c = int(np.nonzero(raw[r, :, sl])[0].max())  # L3's back wall there
     near[r:r + 4, c + 5:c + 9, sl:sl + 4] = 10
     assert far_false_positive_share(near, ref, sp) == 0.0
+
+
+def test_gap_weight_map_equals_a_hand_computation():
+    """U-Net's weight map with the nearest body and the nearest disc as the two "cells"."""
+    lab = np.zeros((12, 4), np.uint8)
+    lab[0:3] = L.VERTEBRA_IDS[2]  # a body, rows 0-2
+    lab[5:8] = L.DISC_IDS[2]  # a disc, rows 5-7, after a 2-row background gap
+    w = gap_weight_map(lab, mm_per_px=1.5, weight=10.0, sigma_mm=3.0)
+    # row 3: 1 px from the body, 2 px from the disc -> 4.5 mm in all
+    assert w[3, 0] == pytest.approx(1 + 10 * np.exp(-(4.5**2) / 18))
+    assert w[4, 0] == pytest.approx(1 + 10 * np.exp(-(4.5**2) / 18))
+    # row 11: 9 px below the body, 4 px below the disc
+    assert w[11, 0] == pytest.approx(1 + 10 * np.exp(-(19.5**2) / 18))
+    assert (w[lab > 0] == 1).all()  # structures keep weight 1: only the gap is stressed
+    only_bodies = np.where(lab == L.DISC_IDS[2], 0, lab)
+    assert (gap_weight_map(only_bodies, 1.0, 10.0, 3.0) == 1).all()  # no disc, no gap
+
+
+def test_gap_weight_stresses_the_real_body_disc_gaps_of_a_both_kind_case_only(cases):
+    spider = prepare_case(cases["spider"], PREPROCESS)
+    chu = prepare_case(cases["chu"], PREPROCESS)
+
+    def batch(pc, gap_weight):
+        return SliceSampler([pc], crop=(128, 128), batch_size=4, weak_per_batch=0,
+                            augment=AugmentConfig(enabled=False), seed=1,
+                            gap_weight=gap_weight).next_batch()
+
+    b = batch(spider, 10.0)
+    body = np.isin(b.labels, [*L.VERTEBRA_IDS, L.T12_ID])
+    disc = np.isin(b.labels, [*L.DISC_IDS, L.T12_L1_ID])
+    # SPIDER's background gap between an endplate and its disc: next to both kinds at once
+    grow = np.ones((1, 3, 3), bool)
+    from scipy import ndimage
+    gap = (b.labels == 0) & ndimage.binary_dilation(body, grow) & ndimage.binary_dilation(
+        disc, grow)
+    assert gap.sum() > 20, "the real SPIDER mask should have body-disc gaps"
+    assert float(b.ce_weight[gap].min()) > 1 + 10 * np.exp(-(4.0**2) / 18)
+    far = (b.labels == 0) & (b.distance > 30)
+    assert far.any() and float(b.ce_weight[far].max()) < 1.01
+    # off by default, and never where the gap is unknown (a vertebra-only set)
+    assert (batch(spider, 0.0).ce_weight == 1).all()
+    assert (batch(chu, 10.0).ce_weight == 1).all()
+    # the weight makes a disc painted over the gap cost more, nowhere else
+    tb = _batch_to_torch(b, "cpu")
+    logits = torch.where(torch.nn.functional.one_hot(tb["labels"], L.NUM_CLASSES)
+                         .permute(0, 3, 1, 2).bool(), 6.0, -6.0)
+    painted = logits.clone()
+    g = torch.from_numpy(gap)
+    painted[:, 8][g], painted[:, 0][g] = 6.0, -6.0  # L3/L4 over every gap pixel
+    plain = {k: v for k, v in tb.items() if k != "ce_weight"}
+    extra = (scar_loss(_out(painted), tb, 50.0).seg_ce - scar_loss(_out(logits), tb, 50.0).seg_ce)
+    extra_plain = (scar_loss(_out(painted), plain, 50.0).seg_ce
+                   - scar_loss(_out(logits), plain, 50.0).seg_ce)
+    assert float(extra_plain) > 0
+    assert float(extra) > 5 * float(extra_plain)
+
+
+def _out(logits):
+    from types import SimpleNamespace
+
+    n, _, h, w = logits.shape
+    return SimpleNamespace(logits=logits, heatmaps=torch.zeros(n, L.NUM_KEYPOINTS, h // 4, w // 4))
