@@ -12,6 +12,10 @@ from scar_runtime.errors import ConfigError
 RESUMABLE_FIELDS = {"resume", "max_steps", "val_every", "log_every", "ckpt_every", "threads",
                     "device", "out", "data"}
 
+# What a setting added later meant in a run saved before it existed (its behaviour then, which
+# need not be today's default): lets --resume continue such runs.
+ABSENT_MEANS = {"fine_refinement": False, "gap_weight": 0.0}
+
 
 @dataclass
 class TrainConfig:
@@ -83,8 +87,7 @@ class TrainConfig:
     def check_resumable_from(self, saved: dict) -> None:
         """Refuse --resume against a run trained with different settings."""
         mine = self.to_dict()
-        # a setting added after the run was saved had its default then
-        saved = {**TrainConfig.from_dict({"data": "", "out": "", **saved}).to_dict(), **saved}
+        saved = {**ABSENT_MEANS, **saved}
         diff = [k for k in mine if k not in RESUMABLE_FIELDS and saved.get(k) != mine[k]]
         if diff:
             k = diff[0]

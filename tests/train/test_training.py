@@ -151,7 +151,7 @@ def test_train_errors_are_one_line(tmp_path, mini_index):
 
 def test_resume_accepts_a_run_saved_before_a_setting_existed():
     """A run saved by an older version lacks newer settings (gap_weight, fine_refinement); they
-    had their defaults then, so --resume with the defaults goes on and with others refuses."""
+    were off then, so --resume with them off goes on and with them on refuses."""
     from scar_runtime.errors import ConfigError
     from scar_train.config import TrainConfig
 
