@@ -157,7 +157,7 @@ class Batch:
     distance: np.ndarray  # (N, H, W) float32 mm to the nearest labelled structure (see module doc)
     # (N, H, W) float32 cross-entropy weight per pixel: 1, more in the body-disc gaps of samples
     # whose set labels both kinds (see :func:`gap_weight_map`)
-    ce_weight: np.ndarray | None = None
+    ce_weight: np.ndarray
 
 
 def gaussian_heatmaps(points: dict[int, tuple[float, float]], shape: tuple[int, int],
