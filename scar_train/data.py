@@ -156,8 +156,8 @@ class Batch:
     kp_mask: np.ndarray  # (N, 10) bool: key-point supervised (present or known absent)
     distance: np.ndarray  # (N, H, W) float32 mm to the nearest labelled structure (see module doc)
     # (N, H, W) float32 cross-entropy weight per pixel: 1, more in the body-disc gaps of samples
-    # whose set labels both kinds (see :func:`gap_weight_map`)
-    ce_weight: np.ndarray
+    # whose set labels both kinds (see :func:`gap_weight_map`); None when the gap weight is off
+    ce_weight: np.ndarray | None = None
 
 
 def gaussian_heatmaps(points: dict[int, tuple[float, float]], shape: tuple[int, int],
@@ -186,9 +186,9 @@ def _centroids_2d(labels: np.ndarray, classes) -> dict[int, tuple[float, float]]
             for c in classes if c in L.LUMBAR_IDS and counts[c] > 0}
 
 
-# Vertebra-like and disc-like classes, for the gap between them (anchors included).
-_BODY_LIKE = np.array([*L.VERTEBRA_IDS, L.T12_ID, L.S1_ID])
-_DISC_LIKE = np.array([*L.DISC_IDS, L.T12_L1_ID])
+# Bone-like and disc-like classes, for the gap between them (anchors included), from the label map.
+_BODY_LIKE = np.array([s.model_id for s in L.ALL_STRUCTURES if s.kind in ("vertebra", "sacrum")])
+_DISC_LIKE = np.array([s.model_id for s in L.ALL_STRUCTURES if s.kind == "disc"])
 
 
 def gap_weight_map(labels: np.ndarray, mm_per_px: float, weight: float,
@@ -308,10 +308,9 @@ class SliceSampler:
                 if lo <= s <= hi and 0 <= q[0] < h and 0 <= q[1] < w:
                     points[k] = (float(q[0]), float(q[1]))
             dist = _distance_to_points(anchors, (h, w), self._mm_per_px(A))
-        if lab is not None and pc.case.supervision == "both":
+        cew = None  # weight 1 everywhere
+        if self.gap_weight > 0 and lab is not None and pc.case.supervision == "both":
             cew = gap_weight_map(y, self._mm_per_px(A), self.gap_weight, self.gap_sigma_mm)
-        else:
-            cew = np.ones((h, w), np.float32)
         return x, y, points, pc, dist, cew
 
     def _mm_per_px(self, A: np.ndarray) -> float:
@@ -361,7 +360,7 @@ class SliceSampler:
                                          w // HEATMAP_STRIDE), np.float32),
                       kp_mask=np.zeros((n, L.NUM_KEYPOINTS), bool),
                       distance=np.zeros((n, h, w), np.float32),
-                      ce_weight=np.ones((n, h, w), np.float32))
+                      ce_weight=np.ones((n, h, w), np.float32) if self.gap_weight > 0 else None)
         for i, (x, y, points, pc, dist, cew) in enumerate(samples):
             batch.image[i, 0] = x
             batch.labels[i] = y
@@ -371,7 +370,8 @@ class SliceSampler:
             batch.heatmaps[i] = gaussian_heatmaps(points, (h, w), self.sigma_px)
             batch.kp_mask[i, list(pc.labelled_keypoints)] = True
             batch.distance[i] = dist
-            batch.ce_weight[i] = cew
+            if cew is not None:
+                batch.ce_weight[i] = cew
         return batch
 
 

@@ -134,7 +134,8 @@ def _batch_to_torch(b, device) -> dict:
             "heatmaps": torch.from_numpy(b.heatmaps).to(device),
             "kp_mask": torch.from_numpy(b.kp_mask).to(device),
             "distance": torch.from_numpy(b.distance).to(device),
-            "ce_weight": torch.from_numpy(b.ce_weight).to(device)}
+            **({} if b.ce_weight is None else
+               {"ce_weight": torch.from_numpy(b.ce_weight).to(device)})}
 
 
 def _progress(enabled: bool):
