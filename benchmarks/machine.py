@@ -186,7 +186,7 @@ def count_gflop(model_config: dict, sizes: list[tuple[int, int]]) -> dict:
     out = {"params": int(params), "per_slice": {}}
     for h, w in sizes:
         with torch.no_grad(), FlopCounterMode(display=False) as fc:
-            module(torch.zeros(1, 1, h, w))
+            module(torch.zeros(1, module.net.config.in_channels, h, w))
         out["per_slice"][f"{h}x{w}"] = round(fc.get_total_flops() / 1e9, 4)
     return out
 

@@ -90,13 +90,15 @@ def check_available() -> dict:
 
 def profile_shapes(preprocess: dict) -> dict[str, list[int]]:
     """Optimisation profile for ``image``: batch 1..8, H/W from 64 to the preprocessing's largest
-    slice (``fixed_size`` or ``max_size``), optimum 4 x 256 x 256."""
+    slice (``fixed_size`` or ``max_size``), optimum 4 x 256 x 256; channels: the slice and its
+    2.5D neighbours (``context_slices`` on each side)."""
     fixed = preprocess.get("fixed_size")
+    c = 1 + 2 * int(preprocess.get("context_slices", 0))
     max_h, max_w = (fixed if fixed else (preprocess.get("max_size", 512),) * 2)
     min_h, min_w = min(MIN_HW, max_h), min(MIN_HW, max_w)
-    return {"min": [MIN_BATCH, 1, min_h, min_w],
-            "opt": [OPT_BATCH, 1, min(OPT_HW, max_h), min(OPT_HW, max_w)],
-            "max": [MAX_BATCH, 1, int(max_h), int(max_w)]}
+    return {"min": [MIN_BATCH, c, min_h, min_w],
+            "opt": [OPT_BATCH, c, min(OPT_HW, max_h), min(OPT_HW, max_w)],
+            "max": [MAX_BATCH, c, int(max_h), int(max_w)]}
 
 
 def timing_cache_path(trt_version: str, gpu: dict) -> Path:

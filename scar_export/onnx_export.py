@@ -30,7 +30,7 @@ MIN_OPSET = 18  # ReduceMax with axes as an input (function bodies), Resize/Pad 
 # AT's broadcast key mask (N, 1, 1, Lk) ("inconsistent q_sequence_length"): stay below it.
 MAX_OPSET = 22
 MAX_IR_VERSION = 10
-EXAMPLE_SHAPE = (2, 1, 96, 64)
+EXAMPLE_SHAPE = (2, 1, 96, 64)  # (N, C, H, W); C becomes the model's input channels (2.5D)
 # scar ops whose function body is a faster exact form than what the exporter traces: the plain
 # export inlines them (the Scan + depthwise Conv form of the per-sample 7x7 conv)
 FAST_FORM_OPS = ("DynamicDepthwiseConv",)
@@ -80,7 +80,8 @@ def export_onnx(module: nn.Module, *, opset: int = DEFAULT_OPSET, custom_ops: bo
         from scar_export.custom_ops import translation_table
 
         table = translation_table()
-    example = torch.randn(*EXAMPLE_SHAPE)
+    n, _, h, w = EXAMPLE_SHAPE
+    example = torch.randn(n, module.net.config.in_channels, h, w)
     dims = {0: Dim("batch", min=1), 2: 16 * Dim("h16", min=2), 3: 16 * Dim("w16", min=2)}
     with _quiet(), torch.no_grad():
         program = torch.onnx.export(

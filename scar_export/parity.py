@@ -46,7 +46,7 @@ SAMPLE_MASK = "chu2015_14_crop_seg.nii.gz"
 class ParitySlice:
     case: str
     index: int
-    image: np.ndarray  # (H, W) float32, preprocessed, network grid
+    image: np.ndarray  # (C, H, W) float32, preprocessed, network grid (C: 2.5D channels)
     labels: np.ndarray | None  # (H, W) model ids, or None without a mask
     labelled: frozenset[int]  # classes the case's data set labels
 
@@ -76,7 +76,7 @@ def _volume_slices(case_id: str, vol, seg, labelled: frozenset[int], cfg: Prepro
     y = labels_to_slices(seg, grid) if seg is not None else None
     counts = (np.isin(y, list(labelled)).sum(axis=(1, 2)) if y is not None
               else np.zeros(x.shape[0]))
-    return [ParitySlice(case_id, i, x[i, 0], None if y is None else y[i], labelled)
+    return [ParitySlice(case_id, i, x[i], None if y is None else y[i], labelled)
             for i in _pick(counts, n)]
 
 
@@ -136,10 +136,10 @@ def parity_slices(ckpt: dict, n: int = N_SLICES) -> tuple[list[ParitySlice], dic
 
 
 def fit(a: np.ndarray, shape: tuple[int, int], fill: float) -> np.ndarray:
-    """Centre crop and/or pad a 2D array to ``shape``."""
-    out = np.full(shape, fill, dtype=a.dtype)
-    src, dst = [], []
-    for n, m in zip(a.shape, shape, strict=True):
+    """Centre crop and/or pad the last two axes of ``a`` to ``shape``."""
+    out = np.full(a.shape[:-2] + tuple(shape), fill, dtype=a.dtype)
+    src, dst = [slice(None)] * (a.ndim - 2), [slice(None)] * (a.ndim - 2)
+    for n, m in zip(a.shape[-2:], shape, strict=True):
         if n >= m:
             s = (n - m) // 2
             src.append(slice(s, s + m))
@@ -189,7 +189,7 @@ def run_parity(onnx_path: Path, reference, ckpt: dict, *, precision: str,
     ref_labels: dict[tuple[int, int], np.ndarray] = {}  # PyTorch labels, largest-batch runs
     worst = {"max_abs_diff": 0.0, "heatmaps_max_abs_diff": 0.0, "keypoints_max_abs_diff": 0.0}
     for h, w in SIZES:
-        images = np.stack([fit(s.image, (h, w), float(s.image.min())) for s in slices])[:, None]
+        images = np.stack([fit(s.image, (h, w), float(s.image.min())) for s in slices])
         labels = [None if s.labels is None else fit(s.labels, (h, w), 0) for s in slices]
         for batch in BATCHES:
             for start in range(0, len(slices), batch):
@@ -233,7 +233,7 @@ def run_parity(onnx_path: Path, reference, ckpt: dict, *, precision: str,
         "reference": "PyTorch FP32, eval mode, same batch",
         "runtime": _ort_version(),
         "data": data_info,
-        "slices": [{"case": s.case, "slice": s.index, "network_shape": list(s.image.shape),
+        "slices": [{"case": s.case, "slice": s.index, "network_shape": list(s.image.shape[-2:]),
                     "has_mask": s.labels is not None} for s in slices],
         "sizes": [list(s) for s in SIZES],
         "batches": list(BATCHES),
@@ -304,7 +304,7 @@ def reduced_precision_gates(onnx_path: Path, slices: list[ParitySlice],
     pair_stats: dict[int, np.ndarray] = {}
     batch = max(BATCHES)
     for (h, w), lab_ref in ref_labels.items():
-        images = np.stack([fit(s.image, (h, w), float(s.image.min())) for s in slices])[:, None]
+        images = np.stack([fit(s.image, (h, w), float(s.image.min())) for s in slices])
         for start in range(0, len(slices), batch):
             probs = runner.infer(np.ascontiguousarray(images[start:start + batch]))["probs"]
             finite &= bool(np.isfinite(probs).all())

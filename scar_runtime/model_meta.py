@@ -19,10 +19,15 @@ from scar_runtime.errors import ModelError
 from scar_runtime.preprocess import PreprocessConfig
 
 FORMAT = "scar-net-onnx"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the newest this scar-net reads
+# Format 2 adds 2.5D input (``preprocess.context_slices``). A 2D model is still written as format
+# 1 without that key, so older scar-nets keep reading it; a 2.5D model is format 2, which they
+# refuse with "upgrade scar-net" instead of feeding it one channel.
+CONTEXT_FORMAT_VERSION = 2
 PREFIX = "scar."
 
-INPUT_NAME = "image"  # (N, 1, H, W) float32, H and W multiples of `input_multiple`
+INPUT_NAME = "image"  # (N, C, H, W) float32, C = preprocess.input_channels, H and W multiples
+# of `input_multiple`
 OUTPUT_NAMES = ("probs", "heatmaps", "keypoints")  # (N,11,H,W), (N,10,H/4,W/4), (N,10,2)
 
 
@@ -41,12 +46,16 @@ class ModelMetadata:
 
     def to_props(self) -> dict[str, str]:
         """String key/values for ONNX metadata_props."""
+        preprocess = self.preprocess.to_dict()
+        version = CONTEXT_FORMAT_VERSION if self.preprocess.context_slices else 1
+        if not self.preprocess.context_slices:
+            del preprocess["context_slices"]
         return {
             f"{PREFIX}format": FORMAT,
-            f"{PREFIX}format_version": str(FORMAT_VERSION),
+            f"{PREFIX}format_version": str(version),
             f"{PREFIX}version": self.version,
             f"{PREFIX}labels": json.dumps(self.labels),
-            f"{PREFIX}preprocess": json.dumps(self.preprocess.to_dict()),
+            f"{PREFIX}preprocess": json.dumps(preprocess),
             f"{PREFIX}model_config": json.dumps(self.model_config),
             f"{PREFIX}precision": self.precision,
             f"{PREFIX}custom_ops": json.dumps(self.custom_ops),
@@ -56,6 +65,15 @@ class ModelMetadata:
                                        "input_multiple": self.input_multiple,
                                        "heatmap_stride": self.heatmap_stride}),
         }
+
+    def check_input_channels(self, channels, where: str) -> None:
+        """The graph's input channel count must be what the preprocessing makes (1 + 2 x the
+        2.5D context): a file whose metadata and graph disagree is refused on load, in one
+        line, instead of failing on the first slice."""
+        if channels != self.preprocess.input_channels:
+            raise ModelError(f"{where}: its graph takes {channels} input channel(s), its "
+                             f"metadata says {self.preprocess.input_channels}: a damaged or "
+                             "hand-edited model")
 
     @classmethod
     def from_props(cls, props: dict[str, str], *, where: str = "model") -> ModelMetadata:

@@ -30,15 +30,26 @@ class PreprocessConfig:
     fixed_size: tuple[int, int] | None = None  # pad/crop to exactly this, else pad to multiple
     max_size: int = 512  # larger (after resampling) is centre-cropped to bound memory and time
     clip_percentiles: tuple[float, float] = (0.5, 99.5)
+    # 2.5D input: this many neighbouring sagittal slices on each side become extra input
+    # channels (channel ``context_slices`` is the slice being segmented; slices beyond the
+    # volume's ends repeat the edge slice, so single-slice images work too). 0: plain 2D.
+    context_slices: int = 0
 
     def __post_init__(self):
         if self.spacing_mm <= 0:
             raise ValueError("spacing_mm must be > 0")
+        if not isinstance(self.context_slices, int) or self.context_slices < 0:
+            raise ValueError(f"context_slices must be an int >= 0, not {self.context_slices!r}")
         lo, hi = self.clip_percentiles
         if not 0 <= lo < hi <= 100:
             raise ValueError("clip_percentiles must satisfy 0 <= lo < hi <= 100")
         if self.max_size % self.size_multiple:
             raise ValueError("max_size must be a multiple of size_multiple")
+
+    @property
+    def input_channels(self) -> int:
+        """Channels of the network input: the slice and its neighbours on both sides."""
+        return 1 + 2 * self.context_slices
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -200,7 +211,8 @@ def resample_labels(labels: np.ndarray, grid: SliceGrid) -> np.ndarray:
 
 def image_to_slices(volume: np.ndarray, in_spacing: tuple[float, float],
                     cfg: PreprocessConfig) -> tuple[np.ndarray, SliceGrid]:
-    """Working-layout volume (rows, cols, slices) -> float32 network input (slices, 1, H, W)."""
+    """Working-layout volume (rows, cols, slices) -> float32 network input (slices, C, H, W),
+    C = ``cfg.input_channels``."""
     grid, batches = iter_slice_batches(volume, in_spacing, cfg, batch=max(1, volume.shape[-1]))
     return next(batches)[1], grid
 
@@ -208,10 +220,11 @@ def image_to_slices(volume: np.ndarray, in_spacing: tuple[float, float],
 def iter_slice_batches(volume: np.ndarray, in_spacing: tuple[float, float],
                        cfg: PreprocessConfig, batch: int):
     """Like :func:`image_to_slices`, one batch of slices at a time, so peak memory does not grow
-    with the number of slices: yields ``(first_slice_index, (B, 1, H, W) float32)``.
+    with the number of slices: yields ``(first_slice_index, (B, C, H, W) float32)``.
 
     Normalisation statistics are computed over the whole volume first, so every batch is
-    normalised exactly as :func:`image_to_slices` would.
+    normalised exactly as :func:`image_to_slices` would. With ``cfg.context_slices`` = k the
+    batches are (B, 2k+1, H, W): channel j of slice i is slice i + j - k, clamped to the volume.
     """
     if volume.ndim != 3:
         raise InvalidImageError(f"expected a 3D volume, got shape {volume.shape}")
@@ -223,10 +236,16 @@ def iter_slice_batches(volume: np.ndarray, in_spacing: tuple[float, float],
     # after z-scoring is mid-grey tissue.
     background = (lo - mean) / std
     window = _kept_window(grid)
+    k, n = cfg.context_slices, volume.shape[2]
 
     def gen():
-        for start in range(0, volume.shape[2], batch):
-            part = np.clip(volume[:, :, start:start + batch], lo, hi).astype(np.float32)
+        # With context, each batch also reads its k neighbours on both sides (a (B + 2k)-slice
+        # stack, each slice resampled once); every slice then takes its channels from that
+        # stack by clamped index. With k = 0 this is the plain (B, 1, H, W) stack.
+        for start in range(0, n, batch):
+            stop = min(n, start + batch)
+            first, last = max(0, start - k), min(n, stop + k)
+            part = np.clip(volume[:, :, first:last], lo, hi).astype(np.float32)
             part = (part - np.float32(mean)) / np.float32(std)
             if window is None:
                 res = _resample(part, grid.scale, grid.resampled_shape, order=1)
@@ -236,7 +255,9 @@ def iter_slice_batches(volume: np.ndarray, in_spacing: tuple[float, float],
                 res = _resample(part, grid.scale, size, order=1, start=(r0, c0))
                 stack = _shift_copy(res, (grid.offset[0] + r0, grid.offset[1] + c0),
                                     grid.out_shape, float(background))
-            yield start, np.ascontiguousarray(np.moveaxis(stack, 2, 0)[:, None])
+            stack = np.moveaxis(stack, 2, 0)  # (slices read, H, W)
+            wanted = np.arange(start, stop)[:, None] + np.arange(-k, k + 1)[None, :]
+            yield start, np.ascontiguousarray(stack[np.clip(wanted, 0, n - 1) - first])
 
     return grid, gen()
 

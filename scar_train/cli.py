@@ -34,6 +34,9 @@ def train(
     gap_weight: float = typer.Option(
         0.0, help="Extra cross-entropy weight in the background gaps between bodies and discs "
         "of masks labelling both (U-Net weight map; 0 = off)."),
+    context_slices: int = typer.Option(
+        0, help="2.5D input: neighbouring sagittal slices on each side as extra input channels "
+        "(0 = 2D; --init from a 2D checkpoint starts them at zero)."),
     no_augment: bool = typer.Option(False, "--no-augment", help="Disable augmentation."),
     resume: bool = typer.Option(False, "--resume", help="Continue from OUT/last.pt."),
     fold: int | None = typer.Option(None, help="Cross-validation fold (with --folds)."),
@@ -59,7 +62,8 @@ def train(
                       weak_per_batch=weak_per_batch, crop=crop, rec_weight=lambda_,
                       heatmap_pos_weight=heatmap_pos_weight, lr=lr,
                       use_mcca=not no_mcca, use_at=not no_at, fine_refinement=fine_refinement,
-                      gap_weight=gap_weight, augment=not no_augment,
+                      gap_weight=gap_weight, context_slices=context_slices,
+                      augment=not no_augment,
                       seed=seed, fold=fold, folds=folds, val_every=val_every,
                       log_every=log_every, ckpt_every=ckpt_every, threads=threads,
                       device=device, resume=resume, init=str(init) if init else None,

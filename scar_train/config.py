@@ -14,7 +14,7 @@ RESUMABLE_FIELDS = {"resume", "max_steps", "val_every", "log_every", "ckpt_every
 
 # What a setting added later meant in a run saved before it existed (its behaviour then, which
 # need not be today's default): lets --resume continue such runs.
-ABSENT_MEANS = {"fine_refinement": False, "gap_weight": 0.0}
+ABSENT_MEANS = {"fine_refinement": False, "gap_weight": 0.0, "context_slices": 0}
 
 
 @dataclass
@@ -37,6 +37,7 @@ class TrainConfig:
     use_at: bool = True
     fine_refinement: bool = False  # stride-2 boundary refinement head (model/decoder.py)
     gap_weight: float = 0.0  # extra CE weight in body-disc gaps of both-kind masks (data.py)
+    context_slices: int = 0  # 2.5D: neighbouring slices per side as input channels (0 = 2D)
     augment: bool = True
     seed: int = 0
     fold: int | None = None
@@ -64,6 +65,8 @@ class TrainConfig:
             raise ConfigError(f"--fold must be in 0..{(self.folds or 1) - 1} and --folds >= 2")
         if self.gap_weight < 0:
             raise ConfigError(f"--gap-weight must be >= 0, not {self.gap_weight}")
+        if not 0 <= self.context_slices <= 3:
+            raise ConfigError(f"--context-slices must be in 0..3, not {self.context_slices}")
         if self.weak_per_batch > self.batch:
             raise ConfigError("--weak-per-batch cannot exceed --batch")
 

@@ -148,7 +148,7 @@ class AugmentConfig:
 
 @dataclass
 class Batch:
-    image: np.ndarray  # (N, 1, H, W) float32
+    image: np.ndarray  # (N, C, H, W) float32: C = 1 + 2 * context slices (2.5D input)
     labels: np.ndarray  # (N, H, W) int64 (0 where unknown/unlabelled: see class_mask)
     class_mask: np.ndarray  # (N, 11) bool: class labelled by this sample's set (0 always True)
     has_seg: np.ndarray  # (N,) bool: a mask supervises this sample
@@ -221,7 +221,8 @@ class SliceSampler:
                  batch_size: int = 8, weak_per_batch: int = 2, disc_fraction: float = 0.25,
                  both_fraction: float = 0.35, fg_fraction: float = 0.85, sigma_px: float = 6.0,
                  augment: AugmentConfig | None = None, seed: int = 0,
-                 spacing_mm: float = 1.0, gap_weight: float = 0.0, gap_sigma_mm: float = 3.0):
+                 spacing_mm: float = 1.0, gap_weight: float = 0.0, gap_sigma_mm: float = 3.0,
+                 context_slices: int = 0):
         self.full = [c for c in cases if not c.is_weak and len(c.fg_slices)]
         self.weak = [c for c in cases if c.is_weak and len(c.fg_slices)]
         if not self.full and not self.weak:
@@ -237,6 +238,9 @@ class SliceSampler:
         self.spacing_mm = spacing_mm  # the prepared grid's in-plane spacing
         self.gap_weight = gap_weight
         self.gap_sigma_mm = gap_sigma_mm
+        # 2.5D: the neighbours of the drawn slice come along as channels, clamped at the
+        # volume's ends exactly as the runtime does (preprocess.iter_slice_batches)
+        self.context_slices = context_slices
         self.augment = augment or AugmentConfig()
         self.rng = np.random.default_rng(seed)
         by_kind = {k: [c for c in self.full if c.case.supervision == k]
@@ -271,10 +275,12 @@ class SliceSampler:
         s = int(rng.choice(pc.fg_slices)) if (rng.random() < self.fg_fraction
                                                or pc.is_weak) else int(
             rng.integers(pc.image.shape[2]))
-        img = pc.image[:, :, s].astype(np.float32)
+        k = self.context_slices
+        channels = np.clip(np.arange(s - k, s + k + 1), 0, pc.image.shape[2] - 1)
+        img = np.moveaxis(pc.image[:, :, channels], 2, 0).astype(np.float32)  # (C, rows, cols)
         lab = pc.labels[:, :, s] if pc.labels is not None else None
         # crop centre: near a labelled structure of this slice, else anywhere
-        centre = np.array([rng.uniform(0, img.shape[0]), rng.uniform(0, img.shape[1])])
+        centre = np.array([rng.uniform(0, img.shape[1]), rng.uniform(0, img.shape[2])])
         if lab is not None:
             fg = np.argwhere(np.isin(lab, list(pc.labelled_classes)))
             if len(fg):
@@ -286,8 +292,9 @@ class SliceSampler:
         out_c = np.array([(h - 1) / 2, (w - 1) / 2])
         offset = centre - A @ out_c
         bg = pc.background
-        x = ndimage.affine_transform(img, A, offset=offset, output_shape=(h, w), order=1,
-                                     mode="constant", cval=bg, prefilter=False)
+        x = np.stack([ndimage.affine_transform(c, A, offset=offset, output_shape=(h, w), order=1,
+                                               mode="constant", cval=bg, prefilter=False)
+                      for c in img])
         x = self._intensity(x)
         Ainv = np.linalg.inv(A)
         if lab is not None:
@@ -318,6 +325,8 @@ class SliceSampler:
         return float(np.sqrt(abs(np.linalg.det(A)))) * self.spacing_mm
 
     def _intensity(self, x: np.ndarray) -> np.ndarray:
+        """(C, H, W) -> augmented (C, H, W). Every channel (the slice and its neighbours) gets
+        the same draw: one scanner and one contrast per sample, as in a real volume."""
         a, rng = self.augment, self.rng
         if not a.enabled:
             return x
@@ -326,18 +335,17 @@ class SliceSampler:
             u = (x - lo) / (hi - lo)
             if rng.random() < a.invert_p:
                 # invert inside the body only: air stays dark, as on real T1/TIRM images
-                body = ndimage.uniform_filter(u, 9) > 0.08
+                body = ndimage.uniform_filter(u, (1, 9, 9)) > 0.08
                 u = np.where(body, np.clip(1.05 - u, 0, 1), u)
             if rng.random() < a.bias_p:
-                u = u * _bias_field(u.shape, a.bias_strength, rng)
+                u = u * _bias_field(u.shape[1:], a.bias_strength, rng)
             u = np.clip(u, 0, None) ** rng.uniform(*a.gamma)
             if rng.random() < a.lowres_p:
                 f = rng.uniform(*a.lowres_factor)
-                small = ndimage.zoom(u, 1 / f, order=1)
-                u = ndimage.zoom(small, np.array(u.shape) / np.array(small.shape), order=1)
-                u = _fit(u, x.shape)
+                u = np.stack([_fit(_lowres(c, f), c.shape) for c in u])
             if rng.random() < a.blur_p:
-                u = ndimage.gaussian_filter(u, rng.uniform(*a.blur_sigma_px))
+                sigma = rng.uniform(*a.blur_sigma_px)
+                u = ndimage.gaussian_filter(u, (0, sigma, sigma))
             x = u * (hi - lo) + lo
         x = x * rng.uniform(*a.intensity_scale) + rng.uniform(-a.intensity_shift,
                                                                a.intensity_shift)
@@ -352,7 +360,7 @@ class SliceSampler:
         samples = [self.sample(pc) for pc in picks]
         n = len(samples)
         h, w = self.crop
-        batch = Batch(image=np.zeros((n, 1, h, w), np.float32),
+        batch = Batch(image=np.zeros((n, 1 + 2 * self.context_slices, h, w), np.float32),
                       labels=np.zeros((n, h, w), np.int64),
                       class_mask=np.zeros((n, L.NUM_CLASSES), bool),
                       has_seg=np.zeros(n, bool),
@@ -362,7 +370,7 @@ class SliceSampler:
                       distance=np.zeros((n, h, w), np.float32),
                       ce_weight=np.ones((n, h, w), np.float32) if self.gap_weight > 0 else None)
         for i, (x, y, points, pc, dist, cew) in enumerate(samples):
-            batch.image[i, 0] = x
+            batch.image[i] = x
             batch.labels[i] = y
             batch.class_mask[i, 0] = True
             batch.class_mask[i, list(pc.labelled_classes)] = True
@@ -386,6 +394,12 @@ def _distance_to_points(points: list[np.ndarray], shape: tuple[int, int],
         d2 = np.minimum(d2, (rows - r) ** 2 + (cols - c) ** 2)
     d = np.sqrt(d2) * mm_per_px - KEYPOINT_EXTENT_MM
     return np.clip(d, 0, DISTANCE_CLIP_MM).astype(np.float32)
+
+
+def _lowres(u: np.ndarray, factor: float) -> np.ndarray:
+    """A 2D image at 1/factor resolution, zoomed back up (within a pixel of its shape)."""
+    small = ndimage.zoom(u, 1 / factor, order=1)
+    return ndimage.zoom(small, np.array(u.shape) / np.array(small.shape), order=1)
 
 
 def _bias_field(shape: tuple[int, int], strength: float, rng) -> np.ndarray:

@@ -14,7 +14,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -80,6 +80,13 @@ def split_for_run(cases: list[Case], cfg: TrainConfig) -> tuple[list[Case], list
 
 
 NEW_HEAD_PREFIX = "decoder.refine."  # weights a fine-tuning run may add (BoundaryRefinement)
+INPUT_CONV_SUFFIX = "encoder.stem.0.0.weight"  # each encoder's first conv: sees the input image
+
+
+def _widens_input(src: torch.Tensor, own: torch.Tensor) -> bool:
+    """A one-channel conv weight that becomes an odd number of input channels (2D -> 2.5D)."""
+    return (src.dim() == own.dim() == 4 and src.shape[1] == 1 and own.shape[1] % 2 == 1
+            and src.shape[0] == own.shape[0] and src.shape[2:] == own.shape[2:])
 
 
 def init_from_checkpoint(model: torch.nn.Module, path: str) -> None:
@@ -87,8 +94,10 @@ def init_from_checkpoint(model: torch.nn.Module, path: str) -> None:
     copied; a classifier with fewer classes (v0.1: 11) fills the first rows, which are the same
     classes (labels.py keeps ids 1-10 fixed), and the new classes keep their fresh init. A
     boundary-refinement head the checkpoint lacks keeps its init (its last conv is zero, so the
-    network starts as the checkpoint's). Any other mismatch is an error, not a silent partial
-    load."""
+    network starts as the checkpoint's). A 2D checkpoint starts a 2.5D model: its input convs
+    become the centre channel's and the neighbour channels start at zero, so the network starts
+    as the checkpoint's and learns what the neighbours add. Any other mismatch is an error, not
+    a silent partial load."""
     src = load_checkpoint(path)["model"]
     own = model.state_dict()
     for k, v in own.items():
@@ -101,6 +110,9 @@ def init_from_checkpoint(model: torch.nn.Module, path: str) -> None:
             v.copy_(w)
         elif w.dim() == v.dim() and w.shape[1:] == v.shape[1:] and w.shape[0] < v.shape[0]:
             v[: w.shape[0]].copy_(w)
+        elif k.endswith(INPUT_CONV_SUFFIX) and _widens_input(w, v):
+            v.zero_()
+            v[:, v.shape[1] // 2].copy_(w[:, 0])
         else:
             raise ConfigError(f"--init {path}: {k} has shape {tuple(w.shape)}, this model "
                               f"{tuple(v.shape)}")
@@ -170,7 +182,8 @@ def train(cfg: TrainConfig) -> dict:
         raise DataIndexError(f"{index_path}: the train split is empty")
     # Every training case is read before anything is written: an unusable index (an unreadable
     # image, a mask on another grid) leaves no config.json or log.jsonl behind.
-    prepared = [prepare_case(c, PREPROCESS) for c in train_cases]
+    preprocess = replace(PREPROCESS, context_slices=cfg.context_slices)
+    prepared = [prepare_case(c, preprocess) for c in train_cases]
 
     last = out / "last.pt"
     start_step, best = 0, -1.0
@@ -191,7 +204,8 @@ def train(cfg: TrainConfig) -> dict:
 
     torch.manual_seed(cfg.seed)
     mcfg = ScarNetConfig.from_size(cfg.size, use_mcca=cfg.use_mcca, use_at=cfg.use_at,
-                                   fine_refinement=cfg.fine_refinement)
+                                   fine_refinement=cfg.fine_refinement,
+                                   in_channels=preprocess.input_channels)
     model = build_model(mcfg).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     total = cfg.total_steps
@@ -222,14 +236,15 @@ def train(cfg: TrainConfig) -> dict:
                            weak_per_batch=cfg.weak_per_batch, disc_fraction=cfg.disc_fraction,
                            both_fraction=cfg.both_fraction,
                            augment=AugmentConfig(enabled=cfg.augment),
-                           spacing_mm=PREPROCESS.spacing_mm, gap_weight=cfg.gap_weight,
+                           spacing_mm=preprocess.spacing_mm, gap_weight=cfg.gap_weight,
+                           context_slices=preprocess.context_slices,
                            seed=hash((cfg.seed, di.rank, start_step)) % 2**32)
 
     end = total if cfg.max_steps is None else min(total, cfg.max_steps)
 
     def checkpoint(step: int, path: Path, metrics: dict | None = None):
         save_checkpoint(path, model_state=model.state_dict(), model_config=mcfg.to_dict(),
-                        train_config=cfg.to_dict(), preprocess=PREPROCESS.to_dict(),
+                        train_config=cfg.to_dict(), preprocess=preprocess.to_dict(),
                         data_index_sha256=data_hash, step=step,
                         epoch=step // cfg.steps_per_epoch, optimizer_state=opt.state_dict(),
                         scheduler_state=sched.state_dict(), metrics=metrics,
@@ -269,7 +284,7 @@ def train(cfg: TrainConfig) -> dict:
             if (epoch_end and (step // cfg.steps_per_epoch) % cfg.val_every == 0 and val_cases
                     or step == end and val_cases):
                 if di.main:
-                    v = validate(model, val_cases, PREPROCESS, device=device)
+                    v = validate(model, val_cases, preprocess, device=device)
                     log.write(event="val", step=step, **v)
                     score = v.get("selection_score") or 0.0
                     if score > best:

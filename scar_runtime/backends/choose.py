@@ -23,7 +23,7 @@ from scar_runtime.backends.base import Runner
 from scar_runtime.backends.threads import default_threads
 from scar_runtime.errors import ModelError
 
-PROBE_SHAPE = (1, 1, 256, 256)
+PROBE_SHAPE = (1, 1, 256, 256)  # the channel count is the model's (2.5D models take more)
 PROBE_REPS = 3
 
 
@@ -81,7 +81,9 @@ def _write_cache(key: str, entry: dict) -> None:
 
 def measure(runners: dict[str, Runner]) -> dict[str, float]:
     """Median seconds per call of each (active) runner on the probe slice, interleaved."""
-    x = np.random.default_rng(0).standard_normal(PROBE_SHAPE).astype(np.float32)
+    channels = next(iter(runners.values())).metadata.preprocess.input_channels
+    n, _, h, w = PROBE_SHAPE
+    x = np.random.default_rng(0).standard_normal((n, channels, h, w)).astype(np.float32)
     for r in runners.values():
         r.infer(x)  # warm-up (first-shape compilation, arena growth)
     times: dict[str, list[float]] = {k: [] for k in runners}

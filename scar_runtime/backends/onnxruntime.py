@@ -60,6 +60,8 @@ class OnnxRuntimeRunner(Runner):
         if names_in != [INPUT_NAME] or not set(OUTPUT_NAMES) <= set(names_out):
             raise ModelError(f"{self.model}: inputs {names_in} / outputs {names_out} are not "
                              f"those of a scar-net model")
+        self.metadata.check_input_channels(self.session.get_inputs()[0].shape[1],
+                                           str(self.model))
         self.providers = self.session.get_providers()
         self.is_active = True
 

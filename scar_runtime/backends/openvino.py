@@ -106,6 +106,9 @@ class OpenVinoRunner(Runner):
         if names_in != [INPUT_NAME] or not set(OUTPUT_NAMES) <= set(names_out):
             raise ModelError(f"{self.model}: inputs {names_in} / outputs {names_out} are not "
                              f"those of a scar-net model")
+        channels = model.inputs[0].get_partial_shape()[1]
+        self.metadata.check_input_channels(
+            channels.get_length() if channels.is_static else None, str(self.model))
         self.precision = self._pick_precision(
             list(core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")))
         config = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1,

@@ -224,3 +224,29 @@ def test_sigkill_leaves_no_partial_file(tiny_model, tmp_path, delay):
     assert not [f for f in files if f.name.startswith(".")], "temp files left behind"
     bad = [f.name for f in files if not _complete(f)]
     assert not bad, f"partial files: {bad}"
+
+
+def test_model_whose_metadata_and_graph_disagree_on_channels_is_refused(tiny_model, tmp_path):
+    """A 1-channel graph whose metadata claims 2.5D input (3 channels): both CPU backends refuse
+    it on load, in one line, instead of failing on the first slice."""
+    import onnx
+
+    from scar_runtime.backends.onnxruntime import OnnxRuntimeRunner
+    from scar_runtime.backends.openvino import OpenVinoRunner
+    from scar_runtime.errors import ModelError
+
+    proto = onnx.load(str(tiny_model["onnx"]))
+    for p in proto.metadata_props:
+        if p.key == "scar.preprocess":
+            p.value = json.dumps({**json.loads(p.value), "context_slices": 1})
+        if p.key == "scar.format_version":
+            p.value = "2"
+    bad = tmp_path / "bad.onnx"
+    onnx.save(proto, str(bad))
+    for runner in (OnnxRuntimeRunner(bad), OpenVinoRunner(bad, use_cache=False)):
+        with pytest.raises(ModelError, match="takes 1 input channel"):
+            runner.activate()
+    out = tmp_path / "out"
+    assert_one_line_error(run_scar("infer", CHU_IMG, "-o", out, "--model", bad),
+                          "input channel")
+    assert not out.exists() or not list(out.iterdir())

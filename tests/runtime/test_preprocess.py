@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import nibabel as nib
 import numpy as np
 import pytest
@@ -13,6 +15,7 @@ from scar_runtime.metrics import dice
 from scar_runtime.preprocess import (
     PreprocessConfig,
     image_to_slices,
+    iter_slice_batches,
     labels_to_slices,
     normalise,
     plan_grid,
@@ -108,3 +111,54 @@ def test_config_round_trip():
 
 def test_fixture_spacing_matches_header():
     assert nib.load(str(CHU_IMG)).header.get_zooms() == pytest.approx((2.0, 2.0, 2.0))
+
+
+# --- 2.5D input: neighbouring slices as channels -------------------------------------------
+
+def test_context_channels_are_the_neighbouring_slices_clamped_at_the_ends():
+    """Channel j of slice i is the 2D preprocessing of slice i + j - k, the edge slice repeated
+    beyond the volume; the batch size does not change a value."""
+    img, _ = _chu()
+    flat, grid2d = image_to_slices(img.data, img.inplane_spacing, PreprocessConfig())
+    cfg = PreprocessConfig(context_slices=2)
+    assert cfg.input_channels == 5
+    x, grid = image_to_slices(img.data, img.inplane_spacing, cfg)
+    n = img.shape[2]
+    assert grid == grid2d and x.shape == (n, 5) + flat.shape[2:]
+    for i in range(n):
+        for j in range(5):
+            src = min(max(i + j - 2, 0), n - 1)
+            np.testing.assert_array_equal(x[i, j], flat[src, 0])
+    for batch in (1, 3):
+        _, batches = iter_slice_batches(img.data, img.inplane_spacing, cfg, batch)
+        got = np.concatenate([b for _, b in batches])
+        np.testing.assert_array_equal(got, x)
+
+
+def test_context_on_a_single_slice_image_repeats_it():
+    img, _ = _chu()
+    one = img.data[:, :, 10:11]
+    x, _ = image_to_slices(one, img.inplane_spacing, PreprocessConfig(context_slices=1))
+    assert x.shape[:2] == (1, 3)
+    np.testing.assert_array_equal(x[0, 0], x[0, 1])
+    np.testing.assert_array_equal(x[0, 2], x[0, 1])
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, "1"])
+def test_context_slices_must_be_a_non_negative_int(bad):
+    with pytest.raises(ValueError, match="context_slices"):
+        PreprocessConfig(context_slices=bad)
+
+
+def test_model_metadata_keeps_2d_models_readable_by_older_runtimes():
+    """A 2D model is written as format 1 without the new key (what older scar-nets read); a
+    2.5D model is format 2, which an older runtime refuses with "upgrade" instead of feeding it
+    one channel. Both read back to the same config."""
+    from scar_runtime.model_meta import ModelMetadata
+
+    for k, version in ((0, "1"), (1, "2")):
+        meta = ModelMetadata(preprocess=PreprocessConfig(context_slices=k), model_config={})
+        props = meta.to_props()
+        assert props["scar.format_version"] == version
+        assert ("context_slices" in json.loads(props["scar.preprocess"])) == bool(k)
+        assert ModelMetadata.from_props(props).preprocess.context_slices == k
