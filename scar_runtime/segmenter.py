@@ -4,10 +4,11 @@
     result = Segmenter("scarnet_small.onnx").segment(nibabel_image)
     result.to_nifti()          # uint8 labels in the input's exact geometry
 
-load + reorient -> per-batch preprocessing -> backend -> argmax on the network grid -> exact
-inverse to the input grid -> 3D post-processing with the network's key-points -> results.
-Peak memory is bounded by ``batch``: only one batch of network inputs/outputs exists at a time,
-plus one uint8 label slice stack.
+load + reorient -> per-batch preprocessing -> backend -> argmax on the network grid (of the
+softmax averaged with the neighbouring slices: postprocess/slice_smoothing.py) -> exact inverse to
+the input grid -> 3D post-processing with the network's key-points -> results. Peak memory is
+bounded by ``batch``: only one batch of network inputs/outputs (plus two slices of
+probabilities) exists at a time, plus one uint8 label slice stack.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from scar_runtime.backends import Runner, create_runner
 from scar_runtime.errors import ConfigError, InvalidImageError
 from scar_runtime.io import Volume, labels_to_image, load_volume, volume_from_image
 from scar_runtime.postprocess import PostprocessConfig, PostprocessReport, postprocess
+from scar_runtime.postprocess.slice_smoothing import SliceSmoother
 from scar_runtime.preprocess import iter_slice_batches, slices_to_labels
 
 DEFAULT_MODEL_NAME = "scarnet_small.onnx"
@@ -132,6 +134,8 @@ class Segmenter:
         pred = np.zeros((n,) + tuple(grid.out_shape), np.uint8)
         kp_net = np.zeros((n, L.NUM_KEYPOINTS, 2), np.float32)
         kp_conf = np.zeros((n, L.NUM_KEYPOINTS), np.float32)
+        smoother = SliceSmoother(n, self.post_cfg.slice_smoothing if self.use_postprocess
+                                 else 0.0)  # the bare network: each slice's own argmax
         for start, x in batches:
             t["preprocess_s"] += time.perf_counter() - clock
             clock = time.perf_counter()
@@ -139,7 +143,8 @@ class Segmenter:
             t["inference_s"] += time.perf_counter() - clock
             clock = time.perf_counter()
             stop = start + x.shape[0]
-            pred[start:stop] = out["probs"].argmax(1)
+            for first, labels in smoother.push(start, out["probs"]):
+                pred[first:first + len(labels)] = labels
             kp_net[start:stop] = out["keypoints"]
             kp_conf[start:stop] = out["heatmaps"].reshape(x.shape[0], L.NUM_KEYPOINTS, -1).max(-1)
             t["postprocess_s"] += time.perf_counter() - clock  # argmax belongs to post-processing

@@ -52,6 +52,9 @@ class PostprocessConfig:
     # cases, sd ~2 mm); cervical ones ~16 mm, thoracic ~25 mm at T12.
     min_level_spacing_mm: float = 27.0
     fill_holes: bool = True
+    # Softmax averaged with the neighbouring slices before the argmax (slice_smoothing.py);
+    # 0 = each slice alone.
+    slice_smoothing: float = 0.25
 
 
 @dataclass
