@@ -68,6 +68,18 @@ def pytest_xdist_node_collection_finished(node, ids):
                 "dev extra's pytest (<9.2)")
 
 
+def default_signals() -> None:
+    """``preexec_fn`` for a child that is sent signals: SIGINT, SIGTERM and SIGHUP as in a
+    user's terminal. A child inherits IGNORED signals: under `nohup make test &` (or any
+    background job of a shell without job control) SIGHUP and SIGINT are ignored, and the
+    runtime rightly leaves an ignored signal ignored, so the signal tests would test nothing
+    but the way the suite was started (they failed so once)."""
+    import signal
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
+
+
 def run_scar(*args: str, timeout: float = 300, env: dict | None = None):
     """Run the real `scar` CLI in a subprocess (as a user would)."""
     return subprocess.run([sys.executable, "-m", "scar_runtime.cli", *map(str, args)],

@@ -17,7 +17,15 @@ import time
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import CHU_IMG, CHU_SEG, REPO, assert_one_line_error, assert_same_geometry, run_scar
+from conftest import (
+    CHU_IMG,
+    CHU_SEG,
+    REPO,
+    assert_one_line_error,
+    assert_same_geometry,
+    default_signals,
+    run_scar,
+)
 from rich.console import Console
 
 from scar_runtime.cli import NO_LUMBAR_SPINE_EXIT
@@ -155,7 +163,8 @@ def test_ctrl_c_in_a_folder_run_says_what_was_finished(tiny_model, tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "scar_runtime.cli", "infer", str(src), "-o",
                              str(out), "--model", str(tiny_model["onnx"])], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+                            env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            preexec_fn=default_signals)
     deadline = time.time() + 600
     while time.time() < deadline and proc.poll() is None and not (
             len(_case_files(out, "case00")) == 4 and (out / "labels.json").exists()):

@@ -10,7 +10,7 @@ import sys
 import time
 
 import pytest
-from conftest import REPO
+from conftest import REPO, default_signals
 
 from scar_runtime.atomic import _open_unnamed
 
@@ -35,10 +35,12 @@ fn(sys.argv[1], write, force=True)
 """
 
 
-def _kill_mid_write(tmp_path, mode: str, sig: int) -> subprocess.Popen:
+def _kill_mid_write(tmp_path, mode: str, sig: int,
+                    preexec=default_signals) -> subprocess.Popen:
     target = tmp_path / "model.onnx"
     proc = subprocess.Popen([sys.executable, "-c", WRITER, str(target), mode], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=preexec)
     assert proc.stdout.readline().strip() == "writing", proc.stderr.read()
     proc.send_signal(sig)
     proc.wait(timeout=60)
@@ -73,7 +75,8 @@ def test_scar_export_killed_during_parity_leaves_no_temp_file(tiny_model, tmp_pa
     proc = subprocess.Popen([sys.executable, "-m", "scar_runtime.cli", "export",
                              str(tiny_model["checkpoint"]), "-o", str(out)], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+                            env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            preexec_fn=default_signals)
     seen = []
     deadline = time.time() + 900
     for line in proc.stdout:
@@ -85,3 +88,25 @@ def test_scar_export_killed_during_parity_leaves_no_temp_file(tiny_model, tmp_pa
     proc.kill()
     proc.wait(timeout=60)
     assert list(tmp_path.iterdir()) == [], [p.name for p in tmp_path.iterdir()]
+
+
+def test_a_signal_ignored_by_the_parent_stays_ignored(tmp_path):
+    """`nohup scar export ...`: SIGHUP is ignored when the writer starts, so a hang-up must not
+    stop the write (the runtime installs its handler only over the default one); a SIGTERM
+    afterwards still cleans up."""
+    def nohup():
+        default_signals()
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+    target = tmp_path / "model.onnx"
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(target), "named"], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=nohup)
+    assert proc.stdout.readline().strip() == "writing", proc.stderr.read()
+    proc.send_signal(signal.SIGHUP)
+    with pytest.raises(subprocess.TimeoutExpired):
+        proc.wait(timeout=1.0)  # still writing
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=60)
+    assert proc.returncode != 0
+    assert list(tmp_path.iterdir()) == [], "temp file left behind"
