@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,7 @@ from scar_runtime.backends import read_model_metadata
 from scar_runtime.dataset import read_index
 from scar_runtime.hashing import file_sha256
 from scar_runtime.metrics import summarize
+from scar_runtime.postprocess import PostprocessConfig
 from scar_runtime.segmenter import Segmenter
 
 
@@ -62,18 +64,24 @@ def evaluate_case(seg: Segmenter, case) -> dict:
 
 
 def evaluate_model(model: Path, index: Path, split: str = "val", batch: int = 1,
-                   use_postprocess: bool = True) -> dict:
+                   use_postprocess: bool = True, slice_smoothing: float | None = None) -> dict:
     """Every case of ``split``, per data set: Dice (the structures a set labels), the
     far-false-positive share and the size-outlier ratio (whatever the set labels), levels all
     named right, key-point error (every annotated point: vertebral bodies and, where a set
-    annotates them, discs)."""
+    annotates them, discs). ``slice_smoothing``: that weight instead of the runtime's default
+    (for A/B runs)."""
     cases = [c for c in read_index(index) if c.split == split]
+    post = PostprocessConfig()
+    if slice_smoothing is not None:
+        post = replace(post, slice_smoothing=slice_smoothing)
     per_set: dict[str, list[dict]] = {}
     t0 = time.time()
-    with Segmenter(model, batch=batch, use_postprocess=use_postprocess) as seg:
+    with Segmenter(model, batch=batch, use_postprocess=use_postprocess,
+                   postprocess_config=post) as seg:
         for case in cases:
             per_set.setdefault(case.dataset, []).append(evaluate_case(seg, case))
     out = {"split": split, "model": str(model), "postprocess": use_postprocess,
+           "slice_smoothing": post.slice_smoothing if use_postprocess else 0.0,
            "wall_s": round(time.time() - t0, 1), "sets": {}}
     for name, rows in per_set.items():
         out["sets"][name] = _set_summary(rows)
@@ -166,8 +174,11 @@ def main() -> None:
     ap.add_argument("--split", default="val")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--no-postprocess", action="store_true", help="score the bare network")
+    ap.add_argument("--slice-smoothing", type=float, default=None,
+                    help="neighbour weight of the slice smoothing (default: the runtime's)")
     a = ap.parse_args()
-    card = evaluate_model(a.model, a.data, a.split, use_postprocess=not a.no_postprocess)
+    card = evaluate_model(a.model, a.data, a.split, use_postprocess=not a.no_postprocess,
+                          slice_smoothing=a.slice_smoothing)
     a.out.write_text(json.dumps(card, indent=1, default=str))
     print(facts_markdown(model_facts(a.model)))
     print(markdown(card))
