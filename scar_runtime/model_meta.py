@@ -19,11 +19,11 @@ from scar_runtime.errors import ModelError
 from scar_runtime.preprocess import PreprocessConfig
 
 FORMAT = "scar-net-onnx"
-FORMAT_VERSION = 2  # the newest this scar-net reads
+FORMAT_VERSION = 2  # the newest this scar-net reads and writes
 # Format 2 adds 2.5D input (``preprocess.context_slices``). A 2D model is still written as format
 # 1 without that key, so older scar-nets keep reading it; a 2.5D model is format 2, which they
 # refuse with "upgrade scar-net" instead of feeding it one channel.
-CONTEXT_FORMAT_VERSION = 2
+PLAIN_FORMAT_VERSION = 1
 PREFIX = "scar."
 
 INPUT_NAME = "image"  # (N, C, H, W) float32, C = preprocess.input_channels, H and W multiples
@@ -47,7 +47,7 @@ class ModelMetadata:
     def to_props(self) -> dict[str, str]:
         """String key/values for ONNX metadata_props."""
         preprocess = self.preprocess.to_dict()
-        version = CONTEXT_FORMAT_VERSION if self.preprocess.context_slices else 1
+        version = FORMAT_VERSION if self.preprocess.context_slices else PLAIN_FORMAT_VERSION
         if not self.preprocess.context_slices:
             del preprocess["context_slices"]
         return {

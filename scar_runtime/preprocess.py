@@ -217,6 +217,12 @@ def image_to_slices(volume: np.ndarray, in_spacing: tuple[float, float],
     return next(batches)[1], grid
 
 
+def context_indices(slices: np.ndarray, k: int, n: int) -> np.ndarray:
+    """(len(slices), 2k+1) slice indices of each slice's 2.5D channels: its k neighbours on each
+    side, clamped to 0..n-1 (the edge slice repeats). Training and the runtime both use this."""
+    return np.clip(np.asarray(slices)[:, None] + np.arange(-k, k + 1)[None, :], 0, n - 1)
+
+
 def iter_slice_batches(volume: np.ndarray, in_spacing: tuple[float, float],
                        cfg: PreprocessConfig, batch: int):
     """Like :func:`image_to_slices`, one batch of slices at a time, so peak memory does not grow
@@ -256,8 +262,8 @@ def iter_slice_batches(volume: np.ndarray, in_spacing: tuple[float, float],
                 stack = _shift_copy(res, (grid.offset[0] + r0, grid.offset[1] + c0),
                                     grid.out_shape, float(background))
             stack = np.moveaxis(stack, 2, 0)  # (slices read, H, W)
-            wanted = np.arange(start, stop)[:, None] + np.arange(-k, k + 1)[None, :]
-            yield start, np.ascontiguousarray(stack[np.clip(wanted, 0, n - 1) - first])
+            wanted = context_indices(np.arange(start, stop), k, n)
+            yield start, np.ascontiguousarray(stack[wanted - first])
 
     return grid, gen()
 

@@ -23,7 +23,12 @@ from scipy import ndimage
 
 from scar_runtime import labels as L
 from scar_runtime.dataset import Case
-from scar_runtime.preprocess import PreprocessConfig, resample_image, resample_labels
+from scar_runtime.preprocess import (
+    PreprocessConfig,
+    context_indices,
+    resample_image,
+    resample_labels,
+)
 
 HEATMAP_STRIDE = 4
 # A key-point is a structure's centre, not its extent: distances from key-points are reduced by
@@ -239,7 +244,7 @@ class SliceSampler:
         self.gap_weight = gap_weight
         self.gap_sigma_mm = gap_sigma_mm
         # 2.5D: the neighbours of the drawn slice come along as channels, clamped at the
-        # volume's ends exactly as the runtime does (preprocess.iter_slice_batches)
+        # volume's ends by the runtime's own rule (preprocess.context_indices)
         self.context_slices = context_slices
         self.augment = augment or AugmentConfig()
         self.rng = np.random.default_rng(seed)
@@ -276,7 +281,7 @@ class SliceSampler:
                                                or pc.is_weak) else int(
             rng.integers(pc.image.shape[2]))
         k = self.context_slices
-        channels = np.clip(np.arange(s - k, s + k + 1), 0, pc.image.shape[2] - 1)
+        channels = context_indices(np.array([s]), k, pc.image.shape[2])[0]
         img = np.moveaxis(pc.image[:, :, channels], 2, 0).astype(np.float32)  # (C, rows, cols)
         lab = pc.labels[:, :, s] if pc.labels is not None else None
         # crop centre: near a labelled structure of this slice, else anywhere

@@ -25,8 +25,9 @@ from scar_runtime.errors import ModelError
 
 # A full-field lumbar slice on the 1 mm grid (300-400 mm field of view). The channel count is
 # the model's (2.5D models take more). At 256 x 256 the two backends tie on this 2-core VM
-# (80 vs 79 ms, median of 7) and 3 probes picked either; at 384 x 384 OpenVINO is 1.5x faster
-# (145 vs 217 ms), and a 381 mm volume ran 18 s with it against 24 s with ONNX Runtime.
+# (80 vs 79 ms, median of 7) and probes of one network picked either; at 384 x 384 OpenVINO is
+# 1.5x faster (145 vs 217 ms), and a 381 mm volume ran 17 s with it against 24 s with ONNX
+# Runtime (model v2.3).
 PROBE_SHAPE = (1, 1, 384, 384)
 PROBE_REPS = 3
 

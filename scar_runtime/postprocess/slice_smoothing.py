@@ -4,9 +4,9 @@ The network labels each slice on its own (2.5D models see their neighbours, but 
 slice alone), so at a structure's lateral edges, where partial volume makes one slice ambiguous,
 neighbouring slices can disagree. Averaging each slice's softmax with its two neighbours, weights
 ``w, 1 - 2w, w`` (the edge slice repeated at the volume's ends, as the 2.5D input does), is a
-cheap 3-slice ensemble. Measured on the val split with models v2.2 and v2.3, ``w = 0.25`` (picked
-before measuring, not tuned): +0.2-0.3 points vertebral-body and +0.3-0.5 disc Dice, on nearly
-every case (MODEL_CARD.md). A single-slice image is unchanged.
+cheap 3-slice ensemble. Measured on the val split with ``w = 0.25`` (picked before measuring,
+not tuned): +0.2 points vertebral-body and +0.3-0.5 disc Dice, on nearly every case, with each
+of v2.2, its 2D control and v2.3 (MODEL_CARD.md). A single-slice image is unchanged.
 
 Streaming: batches arrive in slice order; a slice is decided once its right neighbour is in,
 so at most ``batch + 2`` slices of probabilities are held.
