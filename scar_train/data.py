@@ -155,7 +155,7 @@ class AugmentConfig:
 class Batch:
     image: np.ndarray  # (N, C, H, W) float32: C = 1 + 2 * context slices (2.5D input)
     labels: np.ndarray  # (N, H, W) int64 (0 where unknown/unlabelled: see class_mask)
-    class_mask: np.ndarray  # (N, 11) bool: class labelled by this sample's set (0 always True)
+    class_mask: np.ndarray  # (N, classes) bool: class labelled by this sample's set (0 always True)
     has_seg: np.ndarray  # (N,) bool: a mask supervises this sample
     heatmaps: np.ndarray  # (N, 10, H/4, W/4) float32 Gaussian targets
     kp_mask: np.ndarray  # (N, 10) bool: key-point supervised (present or known absent)

@@ -12,9 +12,10 @@ from scar_runtime.model_meta import ModelMetadata
 class Runner(ABC):
     """Load a model (``activate``), run a batch (``infer``), free it (``deactivate``).
 
-    ``infer`` takes the network input ``(N, 1, H, W)`` float32 and returns a dict with
-    ``probs`` (N, 11, H, W), ``heatmaps`` (N, 10, H/4, W/4) and ``keypoints`` (N, 10, 2), all
-    float32. Usable as a context manager. ``metadata`` is readable after ``activate``.
+    ``infer`` takes the network input ``(N, C, H, W)`` float32 (C = the model's input channels:
+    1, or 2K + 1 for a 2.5D model) and returns a dict of new arrays (the caller may keep them)
+    with ``probs`` (N, classes, H, W), ``heatmaps`` (N, 10, H/4, W/4) and ``keypoints``
+    (N, 10, 2), all float32. Usable as a context manager. ``metadata`` is readable after ``activate``.
     """
 
     name = "runner"

@@ -25,33 +25,50 @@ class SliceSmoother:
             raise ValueError(f"slice smoothing weight must be in [0, 1/3], not {weight}")
         self.n = n_slices
         self.weight = float(weight)
-        self._buf: np.ndarray | None = None  # probabilities of slices [_first, _first + len)
+        self._held: list[np.ndarray] = []  # (C, H, W) probabilities of slices _first, _first+1
         self._first = 0
         self._next = 0  # first slice not yet decided
+        self._scratch: tuple[np.ndarray, np.ndarray] | None = None
 
     def push(self, start: int, probs: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
         """Add the (B, C, H, W) probabilities of slices ``start..start+B-1`` (in order); yields
         ``(first_slice, (b, H, W) uint8 labels)`` for every slice that can now be decided."""
-        if start != (self._first + (0 if self._buf is None else len(self._buf))):
+        if start != self._first + len(self._held):
             raise ValueError("slice batches must arrive in order, without gaps")
         probs = np.asarray(probs, dtype=np.float32)
-        self._buf = probs if self._buf is None else np.concatenate([self._buf, probs])
-        end = self._first + len(self._buf)  # slices received
+        # one (C, H, W) view per slice: no batch is concatenated or gathered (at 14 x 384 x 384
+        # a slice is 8 MB, and copies made the smoothing cost more than the argmax)
+        seq = self._held + list(probs)
+        end = self._first + len(seq)  # slices received
         # decide slices < last: all received ones at the end (or without smoothing)
         last = end if end == self.n or self.weight == 0.0 else end - 1
-        if last <= self._next:
-            return
-        idx = np.arange(self._next, last)
-        centre = self._buf[idx - self._first]
-        if self.weight == 0.0:
-            yield self._next, centre.argmax(1).astype(np.uint8)
-        else:
-            left = self._buf[np.maximum(idx - 1, 0) - self._first]
-            right = self._buf[np.minimum(idx + 1, self.n - 1) - self._first]
-            w = np.float32(self.weight)
-            mixed = (np.float32(1.0) - 2 * w) * centre + w * (left + right)
-            yield self._next, mixed.argmax(1).astype(np.uint8)
-        self._next = last
-        keep = max(self._first, self._next - 1)  # the left neighbour of the next slice
-        self._buf = self._buf[keep - self._first:]
+        if last > self._next:
+            labels = np.empty((last - self._next,) + probs.shape[2:], np.uint8)
+            for j, i in enumerate(range(self._next, last)):
+                labels[j] = self._mixed(seq, i).argmax(0)
+            yield self._next, labels
+            self._next = last
+        # keep the left neighbour of the next slice and the undecided ones, as copies: the
+        # caller's batch array is not ours to hold
+        keep = self._next if self.weight == 0.0 else max(self._first, self._next - 1)
+        n_held = len(self._held)
+        self._held = [p if k < n_held else p.copy()
+                      for k, p in enumerate(seq) if self._first + k >= keep]
         self._first = keep
+
+    def _mixed(self, seq: list[np.ndarray], i: int) -> np.ndarray:
+        """Slice i's probabilities mixed with its neighbours' (in place, in scratch buffers):
+        ``(1 - 2w) * centre + w * (left + right)``, edges repeated."""
+        centre = seq[i - self._first]
+        if self.weight == 0.0:
+            return centre
+        left = seq[max(i - 1, 0) - self._first]
+        right = seq[min(i + 1, self.n - 1) - self._first]
+        if self._scratch is None or self._scratch[0].shape != centre.shape:
+            self._scratch = (np.empty_like(centre), np.empty_like(centre))
+        out, tmp = self._scratch
+        np.add(left, right, out=out)
+        out *= self.weight
+        np.multiply(centre, 1.0 - 2 * self.weight, out=tmp)
+        out += tmp
+        return out
