@@ -38,6 +38,8 @@ def train(
         0, help="2.5D input: neighbouring sagittal slices on each side as extra input channels "
         "(0 = 2D; --init from a 2D checkpoint starts them at zero)."),
     no_augment: bool = typer.Option(False, "--no-augment", help="Disable augmentation."),
+    rotation_deg: float = typer.Option(
+        10.0, help="Augmentation: in-plane rotation drawn uniformly in +-this many degrees."),
     resume: bool = typer.Option(False, "--resume", help="Continue from OUT/last.pt."),
     fold: int | None = typer.Option(None, help="Cross-validation fold (with --folds)."),
     folds: int | None = typer.Option(None, help="Number of folds (split by subject)."),
@@ -63,7 +65,7 @@ def train(
                       heatmap_pos_weight=heatmap_pos_weight, lr=lr,
                       use_mcca=not no_mcca, use_at=not no_at, fine_refinement=fine_refinement,
                       gap_weight=gap_weight, context_slices=context_slices,
-                      augment=not no_augment,
+                      augment=not no_augment, rotation_deg=rotation_deg,
                       seed=seed, fold=fold, folds=folds, val_every=val_every,
                       log_every=log_every, ckpt_every=ckpt_every, threads=threads,
                       device=device, resume=resume, init=str(init) if init else None,

@@ -14,7 +14,8 @@ RESUMABLE_FIELDS = {"resume", "max_steps", "val_every", "log_every", "ckpt_every
 
 # What a setting added later meant in a run saved before it existed (its behaviour then, which
 # need not be today's default): lets --resume continue such runs.
-ABSENT_MEANS = {"fine_refinement": False, "gap_weight": 0.0, "context_slices": 0}
+ABSENT_MEANS = {"fine_refinement": False, "gap_weight": 0.0, "context_slices": 0,
+                "rotation_deg": 10.0}
 
 
 @dataclass
@@ -39,6 +40,9 @@ class TrainConfig:
     gap_weight: float = 0.0  # extra CE weight in body-disc gaps of both-kind masks (data.py)
     context_slices: int = 0  # 2.5D: neighbouring slices per side as input channels (0 = 2D)
     augment: bool = True
+    # in-plane rotation drawn uniformly in +-this (degrees): tilted spines (a patient lying
+    # obliquely, strong lordosis, an oblique acquisition) must not change the names
+    rotation_deg: float = 10.0
     seed: int = 0
     fold: int | None = None
     folds: int | None = None
@@ -67,6 +71,8 @@ class TrainConfig:
             raise ConfigError(f"--gap-weight must be >= 0, not {self.gap_weight}")
         if not 0 <= self.context_slices <= 3:
             raise ConfigError(f"--context-slices must be in 0..3, not {self.context_slices}")
+        if not 0 <= self.rotation_deg <= 180:
+            raise ConfigError(f"--rotation-deg must be in 0..180, not {self.rotation_deg}")
         if self.weak_per_batch > self.batch:
             raise ConfigError("--weak-per-batch cannot exceed --batch")
 

@@ -235,7 +235,8 @@ def train(cfg: TrainConfig) -> dict:
     sampler = SliceSampler(prepared, crop=(cfg.crop, cfg.crop), batch_size=cfg.batch,
                            weak_per_batch=cfg.weak_per_batch, disc_fraction=cfg.disc_fraction,
                            both_fraction=cfg.both_fraction,
-                           augment=AugmentConfig(enabled=cfg.augment),
+                           augment=AugmentConfig(enabled=cfg.augment,
+                                                 rotation_deg=cfg.rotation_deg),
                            spacing_mm=preprocess.spacing_mm, gap_weight=cfg.gap_weight,
                            context_slices=preprocess.context_slices,
                            seed=hash((cfg.seed, di.rank, start_step)) % 2**32)

@@ -2,8 +2,9 @@
 
 The volume is the shipped sample: a crop of val case vb_chu2015/14 (1 mm, T12-L5 labelled, never
 trained on). Fields of view that start or end elsewhere must not shift the names; a header that
-flips the head-feet axis (same world image) must give the same world-space result; a cervical
-scan must give "no lumbar spine" and no lumbar labels.
+flips the head-feet axis (same world image) must give the same world-space result; a spine
+tilted 15-30 degrees in the image should keep its names (a known limit: strict xfail); a
+cervical scan must give "no lumbar spine" and no lumbar labels.
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 from conftest import CERVICAL_IMG, REPO, run_scar
+from scipy import ndimage
 
 from scar_runtime import labels as L
+from scar_runtime import metrics as M
 from scar_runtime.cli import NO_LUMBAR_SPINE_EXIT
 from scar_runtime.io import load_volume
 from scar_runtime.segmenter import Segmenter
@@ -103,6 +106,33 @@ def test_header_flip_gives_the_identical_world_space_result(seg, sample, tmp_pat
     rb, b = _segment(seg, flipped)
     np.testing.assert_array_equal(b[::-1], a)
     np.testing.assert_allclose(rb.to_nifti().affine, aff)
+
+
+TILT_LIMIT = ("a known limit of the shipped model v2.3 (trained with +-10 degree rotations): on "
+              "this crop it loses the names (-15) or a fifth of the body Dice (+15), and at 30 "
+              "degrees it names every level wrong (as on 4 of 4 whole val volumes); a 600-step "
+              "fine-tune with --rotation-deg 30 only partly mended it (MODEL_CARD.md)")
+
+
+@pytest.mark.xfail(strict=True, reason=TILT_LIMIT)
+@pytest.mark.parametrize("angle", [-30, -15, 15, 30])
+def test_a_tilted_spine_keeps_its_names_and_bodies(seg, sample, angle):
+    """A patient lying obliquely, or an oblique acquisition, tilts the spine in the sagittal
+    plane of the data itself (the header cannot undo it): names and bodies must survive. The
+    shipped model does not yet (strict xfail: a model that mends it makes these pass, and then
+    the mark must go)."""
+    img, gt = sample
+    data = np.asarray(img.dataobj).astype(np.float32)
+    tilted = ndimage.rotate(data, angle, axes=(0, 1), order=1, cval=0.0)
+    g = ndimage.rotate(gt, angle, axes=(0, 1), order=0)
+    image = nib.Nifti1Image(np.clip(np.round(tilted), 0, 255).astype(np.uint8), img.affine)
+    res, lab = _segment(seg, image)
+    names = _names_at_centres(lab, g)
+    assert len(names) == 5 and names == {n: n for n in names}, (names, res.report.to_dict())
+    upright = _segment(seg, img)[1]
+    for c in L.VERTEBRA_IDS:
+        d, d0 = M.dice(lab == c, g == c), M.dice(upright == c, gt == c)
+        assert d >= d0 - 0.08, f"{L.BY_ID[c].name}: Dice {d:.3f} tilted vs {d0:.3f} upright"
 
 
 def test_cervical_scan_has_no_lumbar_spine(tmp_path):

@@ -151,6 +151,24 @@ def test_augmented_keypoints_follow_the_mask(mini_index):
     assert checked >= 5
 
 
+def test_rotation_range_is_the_configured_one(mini_index):
+    """``--rotation-deg`` sets the in-plane rotation range: tilted spines in training (30 deg
+    here, the shipped model's setting) and never beyond it."""
+    case = [c for c in read_index(mini_index) if c.dataset == "vb"][0]
+    pc = prepare_case(case, PreprocessConfig())
+    for limit in (10.0, 30.0):
+        s = SliceSampler([pc], batch_size=1, weak_per_batch=0,
+                         augment=AugmentConfig(rotation_deg=limit), seed=2)
+        angles = []
+        for _ in range(400):
+            A, scale = s._affine()
+            R = A * scale  # A = rotation / scale
+            angles.append(np.degrees(np.arctan2(R[1, 0], R[0, 0])))
+        angles = np.abs(angles)
+        assert angles.max() <= limit + 1e-9 and angles.max() > 0.95 * limit
+        assert np.mean(angles > limit / 2) > 0.4  # uniform, not concentrated near 0
+
+
 def test_weak_case_keypoints_land_on_the_vertebrae(mini_index):
     # the key-point-only case is the vertebra image with its mask centroids as key-points:
     # prepared key-points must fall inside the right vertebral body of the resampled mask

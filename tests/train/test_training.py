@@ -160,3 +160,11 @@ def test_resume_accepts_a_run_saved_before_a_setting_existed():
     now.check_resumable_from(saved)
     with pytest.raises(ConfigError, match="gap_weight=0.0, not 5.0"):
         TrainConfig(data="d.json", out="r", resume=True, gap_weight=5.0).check_resumable_from(saved)
+    # rotation_deg came later still; runs before it rotated by +-10 degrees
+    saved = {k: v for k, v in now.to_dict().items() if k != "rotation_deg"}
+    now.check_resumable_from(saved)
+    with pytest.raises(ConfigError, match="rotation_deg=10.0, not 30.0"):
+        TrainConfig(data="d.json", out="r", resume=True,
+                    rotation_deg=30.0).check_resumable_from(saved)
+    with pytest.raises(ConfigError, match="--rotation-deg"):
+        TrainConfig(data="d.json", out="r", rotation_deg=-5.0)
