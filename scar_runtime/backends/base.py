@@ -15,7 +15,8 @@ class Runner(ABC):
     ``infer`` takes the network input ``(N, C, H, W)`` float32 (C = the model's input channels:
     1, or 2K + 1 for a 2.5D model) and returns a dict of new arrays (the caller may keep them)
     with ``probs`` (N, classes, H, W), ``heatmaps`` (N, 10, H/4, W/4) and ``keypoints``
-    (N, 10, 2), all float32. Usable as a context manager. ``metadata`` is readable after ``activate``.
+    (N, 10, 2), all float32. Usable as a context manager. ``metadata`` is readable after
+    ``activate``.
     """
 
     name = "runner"
