@@ -135,6 +135,23 @@ def test_a_tilted_spine_keeps_its_names_and_bodies(seg, sample, angle):
         assert d >= d0 - 0.08, f"{L.BY_ID[c].name}: Dice {d:.3f} tilted vs {d0:.3f} upright"
 
 
+def test_a_spine_tilted_30_degrees_is_flagged(seg, sample):
+    """Until the model copes with tilt, the runtime says so: the upright sample leans ~6
+    degrees and gets no warning; tilted by 30 degrees it gets one, with the tilt in the report
+    (stats.json)."""
+    img, _ = sample
+    res, _ = _segment(seg, img)
+    assert res.report.column_tilt_deg < 10
+    assert not [w for w in res.report.warnings if "tilted" in w]
+    data = np.asarray(img.dataobj).astype(np.float32)
+    tilted = ndimage.rotate(data, -30, axes=(0, 1), order=1, cval=0.0)
+    image = nib.Nifti1Image(np.clip(np.round(tilted), 0, 255).astype(np.uint8), img.affine)
+    rep = seg.segment(image).report
+    assert rep.column_tilt_deg > 20
+    assert [w for w in rep.warnings if "tilted" in w], rep.warnings
+    assert rep.to_dict()["column_tilt_deg"] == rep.column_tilt_deg
+
+
 def test_cervical_scan_has_no_lumbar_spine(tmp_path):
     out = tmp_path / "out"
     p = run_scar("infer", CERVICAL_IMG, "-o", out)
