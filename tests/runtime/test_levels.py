@@ -57,6 +57,19 @@ def _names_at_centres(labels: np.ndarray, gt: np.ndarray, full: np.ndarray | Non
     return out
 
 
+@pytest.fixture(scope="module")
+def upright(seg, sample):
+    """The untilted sample's result, segmented once for the tilt tests."""
+    return _segment(seg, sample[0])
+
+
+def _tilted(img: nib.Nifti1Image, angle: float) -> nib.Nifti1Image:
+    """The image data rotated in the sagittal plane (axes 0 and 1: head-feet, front-back)."""
+    data = ndimage.rotate(np.asarray(img.dataobj).astype(np.float32), angle, axes=(0, 1),
+                          order=1, cval=0.0)
+    return nib.Nifti1Image(np.clip(np.round(data), 0, 255).astype(np.uint8), img.affine)
+
+
 def _segment(seg, img):
     res = seg.segment(img)
     return res, np.asarray(res.to_nifti().dataobj)
@@ -116,37 +129,29 @@ TILT_LIMIT = ("a known limit of the shipped model v2.3 (trained with +-10 degree
 
 @pytest.mark.xfail(strict=True, reason=TILT_LIMIT)
 @pytest.mark.parametrize("angle", [-30, -15, 15, 30])
-def test_a_tilted_spine_keeps_its_names_and_bodies(seg, sample, angle):
+def test_a_tilted_spine_keeps_its_names_and_bodies(seg, sample, upright, angle):
     """A patient lying obliquely, or an oblique acquisition, tilts the spine in the sagittal
     plane of the data itself (the header cannot undo it): names and bodies must survive. The
     shipped model does not yet (strict xfail: a model that mends it makes these pass, and then
     the mark must go)."""
     img, gt = sample
-    data = np.asarray(img.dataobj).astype(np.float32)
-    tilted = ndimage.rotate(data, angle, axes=(0, 1), order=1, cval=0.0)
     g = ndimage.rotate(gt, angle, axes=(0, 1), order=0)
-    image = nib.Nifti1Image(np.clip(np.round(tilted), 0, 255).astype(np.uint8), img.affine)
-    res, lab = _segment(seg, image)
+    res, lab = _segment(seg, _tilted(img, angle))
     names = _names_at_centres(lab, g)
     assert len(names) == 5 and names == {n: n for n in names}, (names, res.report.to_dict())
-    upright = _segment(seg, img)[1]
     for c in L.VERTEBRA_IDS:
-        d, d0 = M.dice(lab == c, g == c), M.dice(upright == c, gt == c)
+        d, d0 = M.dice(lab == c, g == c), M.dice(upright[1] == c, gt == c)
         assert d >= d0 - 0.08, f"{L.BY_ID[c].name}: Dice {d:.3f} tilted vs {d0:.3f} upright"
 
 
-def test_a_spine_tilted_30_degrees_is_flagged(seg, sample):
+def test_a_spine_tilted_30_degrees_is_flagged(seg, sample, upright):
     """Until the model copes with tilt, the runtime says so: the upright sample leans ~6
     degrees and gets no warning; tilted by 30 degrees it gets one, with the tilt in the report
     (stats.json)."""
-    img, _ = sample
-    res, _ = _segment(seg, img)
-    assert res.report.column_tilt_deg < 10
-    assert not [w for w in res.report.warnings if "tilted" in w]
-    data = np.asarray(img.dataobj).astype(np.float32)
-    tilted = ndimage.rotate(data, -30, axes=(0, 1), order=1, cval=0.0)
-    image = nib.Nifti1Image(np.clip(np.round(tilted), 0, 255).astype(np.uint8), img.affine)
-    rep = seg.segment(image).report
+    rep = upright[0].report
+    assert rep.column_tilt_deg < 10
+    assert not [w for w in rep.warnings if "tilted" in w]
+    rep = seg.segment(_tilted(sample[0], -30)).report
     assert rep.column_tilt_deg > 20
     assert [w for w in rep.warnings if "tilted" in w], rep.warnings
     assert rep.to_dict()["column_tilt_deg"] == rep.column_tilt_deg
