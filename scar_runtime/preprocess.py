@@ -151,7 +151,9 @@ def _resample(array: np.ndarray, scale: tuple[float, float], shape: tuple[int, i
     (the pixels that are kept); zero is the plain, full resampling.
     """
     sy, sx = scale
-    if (sy, sx) == (1.0, 1.0) and tuple(array.shape[:2]) == tuple(shape) and start == (0, 0):
+    # (a spacing read from a rotated affine is 1 only to rounding: the same grid)
+    if (np.allclose((sy, sx), 1.0, rtol=0.0, atol=1e-9) and start == (0, 0)
+            and tuple(array.shape[:2]) == tuple(shape)):
         return array
     extra = array.ndim - 2
     matrix = np.array([sy, sx] + [1.0] * extra)
@@ -224,20 +226,23 @@ def context_indices(slices: np.ndarray, k: int, n: int) -> np.ndarray:
 
 
 def iter_slice_batches(volume: np.ndarray, in_spacing: tuple[float, float],
-                       cfg: PreprocessConfig, batch: int):
+                       cfg: PreprocessConfig, batch: int,
+                       intensity: tuple[float, float, float, float] | None = None):
     """Like :func:`image_to_slices`, one batch of slices at a time, so peak memory does not grow
     with the number of slices: yields ``(first_slice_index, (B, C, H, W) float32)``.
 
     Normalisation statistics are computed over the whole volume first, so every batch is
     normalised exactly as :func:`image_to_slices` would. With ``cfg.context_slices`` = k the
     batches are (B, 2k+1, H, W): channel j of slice i is slice i + j - k, clamped to the volume.
+    ``intensity``: :func:`intensity_stats` of another volume to normalise with (a resampled copy
+    of an image, whose filled corners would otherwise shift the statistics).
     """
     if volume.ndim != 3:
         raise InvalidImageError(f"expected a 3D volume, got shape {volume.shape}")
     if batch < 1:
         raise ValueError("batch must be >= 1")
     grid = plan_grid(volume.shape[:2], in_spacing, cfg)
-    lo, hi, mean, std = intensity_stats(volume, cfg)
+    lo, hi, mean, std = intensity or intensity_stats(volume, cfg)
     # Pad with the darkest normalised value (what air looks like after clipping), not 0, which
     # after z-scoring is mid-grey tissue.
     background = (lo - mean) / std

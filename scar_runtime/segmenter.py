@@ -26,8 +26,10 @@ from scar_runtime.backends import Runner, create_runner
 from scar_runtime.errors import ConfigError, InvalidImageError
 from scar_runtime.io import Volume, labels_to_image, load_volume, volume_from_image
 from scar_runtime.postprocess import PostprocessConfig, PostprocessReport, postprocess
+from scar_runtime.postprocess.naming import keypoints_inside
 from scar_runtime.postprocess.slice_smoothing import SliceSmoother
-from scar_runtime.preprocess import iter_slice_batches, slices_to_labels
+from scar_runtime.preprocess import intensity_stats, iter_slice_batches, slices_to_labels
+from scar_runtime.straighten import InplaneRotation, column_axis_deg
 
 DEFAULT_MODEL_NAME = "scarnet_small.onnx"
 # Slices per backend call. Batch 1 keeps the peak RSS lowest (the AT attention matrix grows with
@@ -129,7 +131,23 @@ class Segmenter:
                                     " mm is too small to hold a lumbar spine")
         t = {"preprocess_s": 0.0, "inference_s": 0.0, "postprocess_s": 0.0}
         clock = time.perf_counter()
-        grid, batches = iter_slice_batches(vol.data, vol.inplane_spacing, cfg, self.batch)
+        # one normalisation for every pass: a rotated copy's filled corners must not shift it
+        intensity = intensity_stats(vol.data, cfg)
+        t["preprocess_s"] += time.perf_counter() - clock
+        labels, keypoints, report, bare = self._pass(vol, intensity, t)
+        if self.use_postprocess and self.post_cfg.straighten_passes > 0:
+            labels, keypoints, report = self._straightened(vol, intensity, t, bare,
+                                                           (labels, keypoints, report))
+        return SegmentationResult(volume=vol, labels=labels, keypoints=keypoints, report=report,
+                                  backend=self.runner.description, timings=t)
+
+    def _pass(self, vol: Volume, intensity, t: dict[str, float], in_view=None):
+        """The network over every slice, then post-processing: ``(labels, key-points, report,
+        the network's own labels)``; stage times are added to ``t``."""
+        cfg = self.metadata.preprocess
+        clock = time.perf_counter()
+        grid, batches = iter_slice_batches(vol.data, vol.inplane_spacing, cfg, self.batch,
+                                           intensity=intensity)
         n = vol.shape[2]
         pred = np.zeros((n,) + tuple(grid.out_shape), np.uint8)
         kp_net = np.zeros((n, L.NUM_KEYPOINTS, 2), np.float32)
@@ -151,16 +169,60 @@ class Segmenter:
             clock = time.perf_counter()
         t["preprocess_s"] += time.perf_counter() - clock  # the generator's final step
         clock = time.perf_counter()
-        labels = slices_to_labels(pred, grid)
+        bare = slices_to_labels(pred, grid)
         keypoints, kp_mm, conf = self._keypoints(vol, grid, kp_net, kp_conf)
-        report = PostprocessReport()
+        labels, report = bare, PostprocessReport()
         if self.use_postprocess:
-            labels, report = postprocess(labels, vol.spacing, kp_mm, conf, self.post_cfg)
+            labels, report = postprocess(bare, vol.spacing, kp_mm, conf, self.post_cfg,
+                                         in_view=in_view)
             # key-point k now lies inside structure k wherever that structure exists
             keypoints = self._moved_keypoints(vol, keypoints, report.keypoints_mm or {})
         t["postprocess_s"] += time.perf_counter() - clock
-        return SegmentationResult(volume=vol, labels=labels, keypoints=keypoints, report=report,
-                                  backend=self.runner.description, timings=t)
+        return labels, keypoints, report, bare
+
+    def _straightened(self, vol: Volume, intensity, t: dict[str, float], bare: np.ndarray,
+                      first: tuple):
+        """Segment again with the column rotated upright when it leans more than
+        ``straighten_above_deg`` from upright, and again while the rotated one is still more
+        than ``straighten_again_deg`` off (straighten.py); the labels come back on the input
+        grid, the key-points inside their structures there."""
+        cfg = self.post_cfg
+        labels, keypoints, report = first
+        axis = column_axis_deg(bare, vol.spacing)
+        turned, passes, current = 0.0, 0, axis
+        net_mm = self.metadata.preprocess.spacing_mm
+        rot = None
+        while (passes < cfg.straighten_passes and current is not None
+               and abs(current - cfg.upright_axis_deg) > (cfg.straighten_again_deg if passes
+                                                          else cfg.straighten_above_deg)):
+            turned += current - cfg.upright_axis_deg
+            rot = InplaneRotation.plan(vol.shape, vol.spacing, turned, (net_mm, net_mm))
+            clock = time.perf_counter()
+            turned_vol = rot.volume(vol)
+            t["preprocess_s"] += time.perf_counter() - clock
+            labels, keypoints, report, bare = self._pass(turned_vol, intensity, t,
+                                                         in_view=rot.in_view())
+            current = column_axis_deg(bare, vol.spacing)
+            passes += 1
+        report.column_axis_deg = None if axis is None else round(axis, 1)
+        if rot is None:
+            return labels, keypoints, report
+        clock = time.perf_counter()
+        labels = rot.labels_back(labels)
+        spacing = np.asarray(vol.spacing)
+        kvox = {k: rot.to_input_voxel(np.asarray(p) / spacing)
+                for k, p in (report.keypoints_mm or {}).items()}
+        moved, moves = keypoints_inside(labels, kvox, spacing)  # nearest-neighbour edges
+        report.keypoint_moves += moves
+        report.keypoints_mm = {k: v * spacing for k, v in moved.items()}
+        keypoints = self._moved_keypoints(vol, keypoints, report.keypoints_mm)
+        report.straightened_deg, report.straighten_passes = round(turned, 1), passes
+        report.warnings.append(
+            f"the spine leans {axis:.0f} degrees in the image (upright: "
+            f"{cfg.upright_axis_deg:.0f}): it was rotated {abs(turned):.0f} degrees upright "
+            "to be segmented and the labels rotated back; check the preview")
+        t["postprocess_s"] += time.perf_counter() - clock
+        return labels, keypoints, report
 
     @staticmethod
     def _as_volume(image) -> Volume:

@@ -45,7 +45,8 @@ def evaluate_case(seg: Segmenter, case) -> dict:
     vol = case.load_image()
     res = seg.segment(vol)
     row = {"case": case.case, "lumbar_spine_found": res.report.lumbar_spine_found,
-           "anchor": res.report.anchor, "size_ratio": M.size_outlier_ratio(res.labels)}
+           "anchor": res.report.anchor, "size_ratio": M.size_outlier_ratio(res.labels),
+           "straightened_deg": res.report.straightened_deg}
     pred_kp = {L.KEYPOINT_NAMES.index(k.name): np.array(k.world_mm) for k in res.keypoints}
     points = case.load_keypoints()
     row["kp_errors_mm"] = {L.KEYPOINT_NAMES[k]: float(np.linalg.norm(pred_kp[k] - ref))

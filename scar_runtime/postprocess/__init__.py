@@ -59,6 +59,15 @@ class PostprocessConfig:
     # masked cases, median 5.5, plus +-10 degrees of rotation; at 30 degrees of added tilt it
     # misnames every level): a steeper column is reported as a warning.
     max_tilt_deg: float = 20.0
+    # A column whose axis (straighten.py) leans more than straighten_above_deg from
+    # upright_axis_deg (the median of 85 masked reference cases; 5th-95th percentile -11.5 ..
+    # -1) is rotated upright and segmented again, and again while the axis measured on the
+    # rotated image is still more than straighten_again_deg off (a badly tilted first answer
+    # under-measures the tilt), at most straighten_passes extra passes; 0 = never.
+    upright_axis_deg: float = -6.0
+    straighten_above_deg: float = 10.0
+    straighten_again_deg: float = 4.0
+    straighten_passes: int = 2
 
 
 @dataclass
@@ -75,6 +84,11 @@ class PostprocessReport:
     # angle (degrees) between the head-feet axis and the line from the column's top to its
     # bottom structure, in the sagittal plane
     column_tilt_deg: float | None = None
+    # the column's axis in the input image (straighten.py), the rotation it was segmented at
+    # (None: as it came) and how many extra passes that took
+    column_axis_deg: float | None = None
+    straightened_deg: float | None = None
+    straighten_passes: int = 0
     # key-point index -> mm (the frame of the input key-points), moved inside their structures
     keypoints_mm: dict[int, np.ndarray] | None = None
 
@@ -83,25 +97,31 @@ class PostprocessReport:
                 "level_naming": {"anchor": self.anchor, "confidence": self.naming_confidence},
                 "warnings": self.warnings, "corrections": self.corrections,
                 "removed": self.removed, "order_warnings": self.order_warnings,
-                "keypoint_moves": self.keypoint_moves, "column_tilt_deg": self.column_tilt_deg}
+                "keypoint_moves": self.keypoint_moves, "column_tilt_deg": self.column_tilt_deg,
+                "straightening": {"column_axis_deg": self.column_axis_deg,
+                                  "rotated_deg": self.straightened_deg,
+                                  "passes": self.straighten_passes}}
 
 
 def postprocess(labels: np.ndarray, spacing, keypoints_mm: dict[int, np.ndarray] | None = None,
                 confidences: dict[int, float] | None = None,
-                cfg: PostprocessConfig | None = None) -> tuple[np.ndarray, PostprocessReport]:
+                cfg: PostprocessConfig | None = None,
+                in_view: np.ndarray | None = None) -> tuple[np.ndarray, PostprocessReport]:
     """Clean and name a working-layout label volume; returns ``(labels, report)``.
 
     ``keypoints_mm``: key-point index -> position in mm in the SAME frame as ``voxel * spacing``;
     ``report.keypoints_mm`` then holds them moved inside the structures of their name.
     ``confidences``: key-point index -> heatmap peak; key-points below
     ``cfg.min_keypoint_confidence`` do not vote on the level names.
+    ``in_view``: (rows, cols), True where the grid holds image (a rotated copy of an image has
+    filled corners, which are not field of view); default: everywhere.
     """
     cfg = cfg or PostprocessConfig()
     spacing = np.asarray(spacing, dtype=np.float64)
     report = PostprocessReport()
     kvox = {k: np.asarray(p, float) / spacing for k, p in (keypoints_mm or {}).items()
             if confidences is None or confidences.get(k, 0.0) >= cfg.min_keypoint_confidence}
-    out, _ = _column(labels, spacing, cfg, report, kvox)
+    out, _ = _column(labels, spacing, cfg, report, kvox, in_view)
     if cfg.fill_holes:
         _fill_holes(out)
     _check_order(out, report)
@@ -119,7 +139,7 @@ def _not_found(report: PostprocessReport, reason: str, shape) -> tuple[np.ndarra
 
 
 def _column(labels, spacing, cfg: PostprocessConfig, report: PostprocessReport,
-            kvox: dict[int, np.ndarray]):
+            kvox: dict[int, np.ndarray], in_view: np.ndarray | None = None):
     floor_vox = cfg.min_component_mm3 / float(np.prod(spacing))
     els = kind_components(labels, spacing, floor_vox, report.removed)
     if not els:
@@ -147,8 +167,11 @@ def _column(labels, spacing, cfg: PostprocessConfig, report: PostprocessReport,
         e.kind != "sacrum" for e in kept) else 0
     lowest = max((e for e in kept if e.kind == "disc"), key=lambda e: e.centroid_mm[0],
                  default=None)
-    below = ((labels.shape[0] * spacing[0] - lowest.centroid_mm[0]) if lowest is not None
-             else (labels.shape[0] - foot) * spacing[0])
+    col = (lowest.centroid_mm[1] / spacing[1] if lowest is not None
+           else np.mean([e.centroid_mm[1] for e in kept]) / spacing[1])
+    end = _view_end_row(labels.shape, in_view, col)
+    below = ((end * spacing[0] - lowest.centroid_mm[0]) if lowest is not None
+             else (end - foot) * spacing[0])
     naming = name_levels(kept, below_mm=below, kp_elements=_elements_of(kept, kvox, cfg))
     report.anchor, report.naming_confidence = naming.anchor, naming.confidence
     report.warnings += naming.warnings
@@ -181,6 +204,15 @@ def _column(labels, spacing, cfg: PostprocessConfig, report: PostprocessReport,
         report.removed.append(f"all structures: {reason}")
         return _not_found(report, reason, labels.shape)
     return out, [e for e, _ in named]
+
+
+def _view_end_row(shape, in_view: np.ndarray | None, col: float) -> int:
+    """One past the lowest image row in column ``col`` (the field of view's lower edge)."""
+    if in_view is None:
+        return int(shape[0])
+    c = int(np.clip(round(col), 0, in_view.shape[1] - 1))
+    rows = np.flatnonzero(in_view[:, c])
+    return int(rows[-1]) + 1 if len(rows) else int(shape[0])
 
 
 def _column_tilt_deg(els: list[Element]) -> float | None:
