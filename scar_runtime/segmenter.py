@@ -191,7 +191,7 @@ class Segmenter:
         axis = column_axis_deg(bare, vol.spacing)
         turned, passes, current = 0.0, 0, axis
         net_mm = self.metadata.preprocess.spacing_mm
-        rot = None
+        rot, turned_vol = None, vol
         while (passes < cfg.straighten_passes and current is not None
                and abs(current - cfg.upright_axis_deg) > (cfg.straighten_again_deg if passes
                                                           else cfg.straighten_above_deg)):
@@ -202,18 +202,26 @@ class Segmenter:
             t["preprocess_s"] += time.perf_counter() - clock
             labels, keypoints, report, bare = self._pass(turned_vol, intensity, t,
                                                          in_view=rot.in_view())
-            current = column_axis_deg(bare, vol.spacing)
+            current = column_axis_deg(bare, turned_vol.spacing)  # its pixels: the network's
             passes += 1
-        report.column_axis_deg = None if axis is None else round(axis, 1)
+        measured = None if axis is None else round(axis, 1)
+        report.column_axis_deg = measured
+        if rot is not None and not report.lumbar_spine_found:
+            # no spine upright either (a cervical scan, a knee): the first answer, without
+            # a word about a lean that was never a lumbar column's
+            rot = None
+            labels, keypoints, report = first
+            report.column_axis_deg = measured
         if rot is None:
             return labels, keypoints, report
         clock = time.perf_counter()
         labels = rot.labels_back(labels)
-        spacing = np.asarray(vol.spacing)
-        kvox = {k: rot.to_input_voxel(np.asarray(p) / spacing)
+        spacing, turned_spacing = np.asarray(vol.spacing), np.asarray(turned_vol.spacing)
+        kvox = {k: rot.to_input_voxel(np.asarray(p) / turned_spacing)
                 for k, p in (report.keypoints_mm or {}).items()}
-        moved, moves = keypoints_inside(labels, kvox, spacing)  # nearest-neighbour edges
-        report.keypoint_moves += moves
+        # nearest-neighbour resampling can leave a point just outside its structure's edge
+        moved, moves = keypoints_inside(labels, kvox, spacing)
+        report.keypoint_moves += [f"{m} (after rotating back)" for m in moves]
         report.keypoints_mm = {k: v * spacing for k, v in moved.items()}
         keypoints = self._moved_keypoints(vol, keypoints, report.keypoints_mm)
         report.straightened_deg, report.straighten_passes = round(turned, 1), passes
