@@ -136,6 +136,9 @@ def infer_cmd(
                             "both (default: nifti for NIfTI input, both for DICOM input)."),
     series: str | None = typer.Option(None, "--series", metavar="UID", help="The DICOM series "
                                       "to segment when a study holds several that fit."),
+    straighten: bool = typer.Option(True, "--straighten/--no-straighten", help="Segment a "
+                                    "spine tilted in the image again rotated upright (2-3x "
+                                    "the time for such a scan only)."),
 ):
     """Segment lumbar vertebral bodies and discs: labels, key-points, stats and a preview."""
     from scar_runtime.infer import run_infer
@@ -143,7 +146,7 @@ def infer_cmd(
     try:
         summary = run_infer(input_path, out, model=model, backend=backend, device=device,
                             batch=batch, force=force, fmt=fmt, series_uid=series,
-                            precision=precision)
+                            precision=precision, straighten=straighten)
     except Interrupted as e:  # typer would make Ctrl-C a silent exit: say what was finished
         raise _Stopped(_one_line(e)) from None
     for path in summary.written:

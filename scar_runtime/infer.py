@@ -20,6 +20,7 @@ from scar_runtime.atomic import InputSet, check_output_path
 from scar_runtime.errors import ConfigError, InputFileError, Interrupted, ScarError
 from scar_runtime.io import Volume, is_nifti_path, is_scar_output, load_volume, nifti_stem
 from scar_runtime.outputs import check_out_dir, output_paths, resolve_formats, write_case
+from scar_runtime.postprocess import PostprocessConfig
 from scar_runtime.segmenter import DEFAULT_BATCH, Segmenter
 
 _OUTPUT_NAME = re.compile(r".*_seg$")
@@ -99,8 +100,10 @@ def _dicom_cases(path: Path, series_uid: str | None) -> list[CaseInput]:
 def run_infer(input_path: Path, out_dir: Path | None = None, *, model: Path | None = None,
               backend: str = "auto", device: str = "auto", batch: int = DEFAULT_BATCH,
               force: bool = False, console: Console | None = None, fmt: str = "auto",
-              series_uid: str | None = None, precision: str = "auto") -> InferSummary:
-    """``fmt``: nifti, dicom-seg, both or auto (NIfTI for NIfTI input, both for DICOM)."""
+              series_uid: str | None = None, precision: str = "auto",
+              straighten: bool = True) -> InferSummary:
+    """``fmt``: nifti, dicom-seg, both or auto (NIfTI for NIfTI input, both for DICOM).
+    ``straighten``: segment a tilted spine again rotated upright (straighten.py)."""
     console = console or Console(stderr=True)
     input_path = Path(input_path)
     cases = find_cases(input_path, series_uid)
@@ -115,8 +118,9 @@ def run_infer(input_path: Path, out_dir: Path | None = None, *, model: Path | No
             check_output_path(p, force=force, inputs=cases[0].sources)
         first = cases[0].load()
     summary = InferSummary()
+    post = PostprocessConfig() if straighten else PostprocessConfig(straighten_passes=0)
     with Segmenter(model, backend=backend, device=device, batch=batch,
-                   precision=precision) as seg:
+                   precision=precision, postprocess_config=post) as seg:
         algorithm = None
         if any("dicom-seg" in f for f in formats.values()):
             from scar_runtime.dicom_seg import AlgorithmInfo

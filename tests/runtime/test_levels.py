@@ -21,7 +21,6 @@ from scar_runtime import labels as L
 from scar_runtime import metrics as M
 from scar_runtime.cli import NO_LUMBAR_SPINE_EXIT
 from scar_runtime.io import load_volume
-from scar_runtime.postprocess import PostprocessConfig
 from scar_runtime.segmenter import Segmenter
 
 SAMPLE = REPO / "scar_runtime" / "sample"
@@ -217,19 +216,23 @@ def _zoomed(img: nib.Nifti1Image, factor: float) -> nib.Nifti1Image:
     return nib.Nifti1Image(np.clip(np.round(data), 0, 255).astype(np.uint8), aff)
 
 
-def test_without_straightening_a_spine_tilted_30_degrees_is_flagged(sample, upright):
-    """With straightening off the runtime still says when the column leans too far: the
-    upright sample gets no warning; tilted by 30 degrees it gets one, with the tilt in the
-    report."""
+def test_without_straightening_a_spine_tilted_30_degrees_is_flagged(sample, upright, tmp_path):
+    """`scar infer --no-straighten` still says when the column leans too far: the upright
+    sample gets no warning; tilted by 30 degrees it gets one on stderr, with the tilt in
+    stats.json and no rotation."""
     rep = upright[0].report
     assert rep.column_tilt_deg < 10
     assert not [w for w in rep.warnings if "tilted" in w]
-    with Segmenter(batch=1, postprocess_config=PostprocessConfig(straighten_passes=0)) as s:
-        rep = s.segment(_tilted(sample[0], -30)).report
-    assert rep.straightened_deg is None
-    assert rep.column_tilt_deg > 20
-    assert [w for w in rep.warnings if "tilted" in w], rep.warnings
-    assert rep.to_dict()["column_tilt_deg"] == rep.column_tilt_deg
+    src = tmp_path / "tilted.nii.gz"
+    nib.save(_tilted(sample[0], -30), str(src))
+    p = run_scar("infer", src, "--no-straighten", "-o", tmp_path / "out")
+    assert p.returncode == 0, p.stderr
+    assert "tilted" in p.stderr and "leans" not in p.stderr, p.stderr
+    stats = json.loads((tmp_path / "out" / "tilted_stats.json").read_text())
+    post = stats["postprocessing"]
+    assert post["column_tilt_deg"] > 20
+    assert post["straightening"]["rotated_deg"] is None
+    assert post["straightening"]["passes"] == 0
 
 
 def test_cervical_scan_has_no_lumbar_spine(tmp_path):
