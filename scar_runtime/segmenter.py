@@ -196,7 +196,8 @@ class Segmenter:
                and abs(current - cfg.upright_axis_deg) > (cfg.straighten_again_deg if passes
                                                           else cfg.straighten_above_deg)):
             turned += current - cfg.upright_axis_deg
-            rot = InplaneRotation.plan(vol.shape, vol.spacing, turned, (net_mm, net_mm))
+            rot = InplaneRotation.plan(vol.shape, vol.spacing, turned, (net_mm, net_mm),
+                                       max_pixels=self.metadata.preprocess.max_size)
             clock = time.perf_counter()
             turned_vol = rot.volume(vol)
             t["preprocess_s"] += time.perf_counter() - clock

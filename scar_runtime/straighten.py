@@ -31,9 +31,9 @@ MIN_ELONGATION = 2.0
 # Voxels farther than this from the first axis (stray pieces far off the column) are left out
 # when the axis is fitted again.
 TRIM_MM = 30.0
-# Cubic: the network then resamples the rotated image once more (linearly) to its own grid, and
-# two linear interpolations in a row blur it enough to cost a Dice point on an upright case.
-INTERPOLATION_ORDER = 3
+# Linear, as the network's own resampling: the rotated copy is sampled straight onto the
+# network's pixel size (plan's out_spacing), so it is interpolated once, like any input.
+INTERPOLATION_ORDER = 1
 TRIM_ROUNDS = 3  # a far piece pulls the first line; each refit drops more of it
 
 
@@ -90,10 +90,13 @@ class InplaneRotation:
 
     @classmethod
     def plan(cls, shape: tuple[int, int, int], spacing, deg: float,
-             out_spacing: tuple[float, float] | None = None) -> InplaneRotation:
+             out_spacing: tuple[float, float] | None = None,
+             max_pixels: int | None = None) -> InplaneRotation:
         """A rotation that turns a column at angle ``a`` to ``a - deg``, onto pixels of
         ``out_spacing`` mm (default: the input's). Sampling straight at the network's own pixel
-        size saves the network's resampling a second interpolation."""
+        size saves the network's resampling a second interpolation. ``max_pixels``: at most
+        this many rows and columns, about the same centre (the network centre-crops larger
+        grids, so computing more is wasted)."""
         sp_in = np.asarray(spacing, dtype=np.float64)[:2]
         sp_out = sp_in if out_spacing is None else np.asarray(out_spacing, dtype=np.float64)
         t = np.radians(deg)
@@ -103,6 +106,8 @@ class InplaneRotation:
         half_out = np.abs(corners @ rot).max(axis=0)  # input corners in the rotated frame
         out_rc = tuple(int(np.ceil(2 * h / s - 1e-6)) + 1 for h, s in zip(half_out, sp_out,
                                                                             strict=True))
+        if max_pixels is not None:
+            out_rc = tuple(min(n, max_pixels) for n in out_rc)
         centre_out = (np.asarray(out_rc, float) - 1) / 2 * sp_out
         # output voxel o -> input voxel S_in^-1 (R (S_out o - centre_out) + centre_in)
         matrix, offset = np.eye(3), np.zeros(3)

@@ -103,3 +103,15 @@ def test_in_view_marks_the_rotated_image_not_its_filled_corners():
     area_in = SHAPE[0] * SHAPE[1] * SPACING[0] * SPACING[1]
     assert view.sum() * SPACING[0] * SPACING[1] == pytest.approx(area_in, rel=0.02)
     assert not view[0, 0] and not view[-1, -1] and view[view.shape[0] // 2, view.shape[1] // 2]
+
+
+def test_a_capped_grid_keeps_the_centre_and_the_rotation():
+    """The network centre-crops large grids; the rotated grid is capped to that size about the
+    same centre, with the same rotation."""
+    full = InplaneRotation.plan(SHAPE, SPACING, 30.0, (1.0, 1.0))
+    capped = InplaneRotation.plan(SHAPE, SPACING, 30.0, (1.0, 1.0), max_pixels=96)
+    assert max(full.shape[:2]) > 96 and capped.shape[:2] == (96, 96)
+    np.testing.assert_allclose(capped.matrix, full.matrix)
+    centre_full = full.to_input_voxel((np.asarray(full.shape) - 1) / 2)
+    centre_capped = capped.to_input_voxel((np.asarray(capped.shape) - 1) / 2)
+    np.testing.assert_allclose(centre_capped, centre_full, atol=1e-9)
