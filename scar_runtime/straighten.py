@@ -106,13 +106,17 @@ class InplaneRotation:
         half_out = np.abs(corners @ rot).max(axis=0)  # input corners in the rotated frame
         out_rc = tuple(int(np.ceil(2 * h / s - 1e-6)) + 1 for h, s in zip(half_out, sp_out,
                                                                             strict=True))
-        if max_pixels is not None:
-            out_rc = tuple(min(n, max_pixels) for n in out_rc)
         centre_out = (np.asarray(out_rc, float) - 1) / 2 * sp_out
         # output voxel o -> input voxel S_in^-1 (R (S_out o - centre_out) + centre_in)
         matrix, offset = np.eye(3), np.zeros(3)
         matrix[:2, :2] = rot * sp_out[None, :] / sp_in[:, None]
         offset[:2] = (half_in - rot @ centre_out) / sp_in
+        if max_pixels is not None:
+            # exactly the window the network's centred crop (preprocess.plan_grid) would keep
+            # of the full grid, so the network sees the same pixels either way
+            start = np.array([max(0, (n - max_pixels + 1) // 2) for n in out_rc], float)
+            offset[:2] += matrix[:2, :2] @ start
+            out_rc = tuple(min(n, max_pixels) for n in out_rc)
         return cls(deg=float(deg), matrix=matrix, offset=offset, input_shape=tuple(shape),
                    shape=(out_rc[0], out_rc[1], int(shape[2])))
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from scar_runtime.io.nifti import Volume
+from scar_runtime.preprocess import PreprocessConfig, iter_slice_batches
 from scar_runtime.straighten import InplaneRotation, column_axis_deg
 
 SPACING = (0.8, 1.2, 4.0)  # anisotropic in-plane pixels: the rotation must work in mm
@@ -105,13 +106,19 @@ def test_in_view_marks_the_rotated_image_not_its_filled_corners():
     assert not view[0, 0] and not view[-1, -1] and view[view.shape[0] // 2, view.shape[1] // 2]
 
 
-def test_a_capped_grid_keeps_the_centre_and_the_rotation():
-    """The network centre-crops large grids; the rotated grid is capped to that size about the
-    same centre, with the same rotation."""
+def test_a_capped_grid_is_the_window_the_network_would_keep():
+    """The network centre-crops grids larger than its max size (preprocess.plan_grid); the
+    rotated grid is capped to exactly that window, so the network sees the same pixels."""
+    cfg = PreprocessConfig(max_size=96)
+    data = np.random.default_rng(0).random(SHAPE).astype(np.float32)
     full = InplaneRotation.plan(SHAPE, SPACING, 30.0, (1.0, 1.0))
     capped = InplaneRotation.plan(SHAPE, SPACING, 30.0, (1.0, 1.0), max_pixels=96)
     assert max(full.shape[:2]) > 96 and capped.shape[:2] == (96, 96)
     np.testing.assert_allclose(capped.matrix, full.matrix)
-    centre_full = full.to_input_voxel((np.asarray(full.shape) - 1) / 2)
-    centre_capped = capped.to_input_voxel((np.asarray(capped.shape) - 1) / 2)
-    np.testing.assert_allclose(centre_capped, centre_full, atol=1e-9)
+    vol = _volume(data)
+    seen = []
+    for r in (full, capped):
+        _, batches = iter_slice_batches(r.volume(vol).data, (1.0, 1.0), cfg, 5,
+                                        intensity=(0.0, 1.0, 0.5, 0.3))
+        seen.append(next(batches)[1])
+    np.testing.assert_allclose(seen[1], seen[0], atol=1e-5)
