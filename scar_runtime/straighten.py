@@ -31,9 +31,11 @@ MIN_ELONGATION = 2.0
 # Voxels farther than this from the first axis (stray pieces far off the column) are left out
 # when the axis is fitted again.
 TRIM_MM = 30.0
-# Linear, as the network's own resampling: the rotated copy is sampled straight onto the
-# network's pixel size (plan's out_spacing), so it is interpolated once, like any input.
-INTERPOLATION_ORDER = 1
+# Cubic: the rotated copy is an extra resampling of an image the network would otherwise see
+# as it is (it is sampled straight onto the network's pixels, so once). Measured on 5 val
+# volumes at +-15 / +-30 degrees: cubic 20 of 20 with every level right, linear lost three
+# names of vb_chu2015/14 at +30.
+INTERPOLATION_ORDER = 3
 TRIM_ROUNDS = 3  # a far piece pulls the first line; each refit drops more of it
 
 
