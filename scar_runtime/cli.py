@@ -137,8 +137,8 @@ def infer_cmd(
     series: str | None = typer.Option(None, "--series", metavar="UID", help="The DICOM series "
                                       "to segment when a study holds several that fit."),
     straighten: bool = typer.Option(True, "--straighten/--no-straighten", help="Segment a "
-                                    "spine tilted in the image again rotated upright (2-3x "
-                                    "the time for such a scan only)."),
+                                    "spine tilted in the image again rotated upright (one or "
+                                    "two extra passes, for such a scan only)."),
 ):
     """Segment lumbar vertebral bodies and discs: labels, key-points, stats and a preview."""
     from scar_runtime.infer import run_infer
