@@ -205,14 +205,12 @@ class Segmenter:
                                                          in_view=rot.in_view())
             current = column_axis_deg(bare, turned_vol.spacing)  # its pixels: the network's
             passes += 1
-        measured = None if axis is None else round(axis, 1)
-        report.column_axis_deg = measured
         if rot is not None and not report.lumbar_spine_found:
             # no spine upright either (a cervical scan, a knee): the first answer, without
             # a word about a lean that was never a lumbar column's
             rot = None
             labels, keypoints, report = first
-            report.column_axis_deg = measured
+        report.column_axis_deg = None if axis is None else round(axis, 1)
         if rot is None:
             return labels, keypoints, report
         clock = time.perf_counter()

@@ -2,7 +2,8 @@
 
 The network learned upright spines: the lumbar column of the 85 masked reference cases leans
 -6 degrees (median; 5th-95th percentile -11.5 .. -1) from the head-feet axis, and training adds
-+-10 degrees of rotation. At 30 degrees of extra tilt it misnames every level (MODEL_CARD).
++-10 degrees of rotation. At 30 degrees of extra tilt it loses the names of 9 of 10 val cases
+tried (MODEL_CARD).
 So the runtime measures the column's axis on the network's first answer and, when the column
 leans far from that reference, rotates the image in the sagittal plane until it is upright,
 segments that, and rotates the labels back onto the input grid (nearest neighbour). The
@@ -31,12 +32,12 @@ MIN_ELONGATION = 2.0
 # Voxels farther than this from the first axis (stray pieces far off the column) are left out
 # when the axis is fitted again.
 TRIM_MM = 30.0
+TRIM_ROUNDS = 3  # a far piece pulls the first line; each refit drops more of it
 # Cubic: the rotated copy is an extra resampling of an image the network would otherwise see
 # as it is (it is sampled straight onto the network's pixels, so once). Measured on 5 val
 # volumes at +-15 / +-30 degrees: cubic 20 of 20 with every level right, linear lost three
 # names of vb_chu2015/14 at +30.
 INTERPOLATION_ORDER = 3
-TRIM_ROUNDS = 3  # a far piece pulls the first line; each refit drops more of it
 
 
 def column_axis_deg(labels: np.ndarray, spacing) -> float | None:
@@ -46,7 +47,7 @@ def column_axis_deg(labels: np.ndarray, spacing) -> float | None:
     times, while at least half the weight stays). ``None`` when
     there is too little, or nothing elongated, to measure."""
     sp = np.asarray(spacing, dtype=np.float64)[:2]
-    counts = np.count_nonzero(labels, axis=2) if labels.ndim == 3 else (labels > 0).astype(int)
+    counts = np.count_nonzero(labels, axis=2)  # the sagittal projection
     rc = np.argwhere(counts)
     if len(rc) * sp.prod() < MIN_COLUMN_AREA_MM2:
         return None
@@ -79,12 +80,11 @@ def _principal_axis(pts: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndar
 @dataclass(frozen=True)
 class InplaneRotation:
     """A rotation of a working-layout volume in its sagittal plane, about the image centre,
-    onto a grid large enough to hold the whole rotated image.
+    onto a grid large enough to hold the whole rotated image (or the network's window of it).
 
     ``matrix`` / ``offset`` map a voxel of the rotated grid to the input voxel it samples
     (scipy.ndimage.affine_transform's convention)."""
 
-    deg: float
     matrix: np.ndarray
     offset: np.ndarray
     input_shape: tuple[int, int, int]
@@ -119,7 +119,7 @@ class InplaneRotation:
             start = np.array([max(0, (n - max_pixels + 1) // 2) for n in out_rc], float)
             offset[:2] += matrix[:2, :2] @ start
             out_rc = tuple(min(n, max_pixels) for n in out_rc)
-        return cls(deg=float(deg), matrix=matrix, offset=offset, input_shape=tuple(shape),
+        return cls(matrix=matrix, offset=offset, input_shape=tuple(shape),
                    shape=(out_rc[0], out_rc[1], int(shape[2])))
 
     def volume(self, vol: Volume) -> Volume:

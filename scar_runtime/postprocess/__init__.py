@@ -56,8 +56,8 @@ class PostprocessConfig:
     # 0 = each slice alone.
     slice_smoothing: float = 0.25
     # The network needs a roughly upright spine (training: natural tilt up to 15 degrees over 63
-    # masked cases, median 5.5, plus +-10 degrees of rotation; at 30 degrees of added tilt it
-    # misnames every level): a steeper column is reported as a warning.
+    # masked cases, median 5.5, plus +-10 degrees of rotation): a column that still leans more
+    # than this in the image the network saw (after any straightening) is reported.
     max_tilt_deg: float = 20.0
     # A column whose axis (straighten.py) leans more than straighten_above_deg from
     # upright_axis_deg (the median of 85 masked reference cases; 5th-95th percentile -11.5 ..
