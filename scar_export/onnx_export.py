@@ -32,12 +32,12 @@ MAX_OPSET = 22
 MAX_IR_VERSION = 10
 EXAMPLE_SHAPE = (2, 1, 96, 64)  # (N, C, H, W); C becomes the model's input channels (2.5D)
 # scar ops whose function body is a faster exact form than what the exporter traces: the plain
-# export inlines them. The Scan + depthwise Conv form of the per-sample 7x7 conv; the AT
-# attention as MatMul(Q, K^T) / sqrt(d) + mask -> Softmax -> MatMul, where the exporter's SDPA
-# decomposition scales Q and K^T by sqrt(scale) each through extra Mul/Reshape/Transpose nodes
-# (ONNX Runtime 1.32, 384 x 384 slice, 2 threads: 108 -> 90 ms; OpenVINO: unchanged;
-# docs/performance.md)
-FAST_FORM_OPS = ("DynamicDepthwiseConv", "ModulatedAttention")
+# export inlines them (the Scan + depthwise Conv form of the per-sample 7x7 conv). The AT
+# attention's plain SDPA chain (ModulatedAttention's body) was tried in place of the exporter's
+# split-scale decomposition and measured no faster (ONNX Runtime 1.32 and OpenVINO 2026.4,
+# 2 threads, 256 and 384 px, interleaved: within 2%; OpenVINO fuses neither into its SDPA
+# kernel), so it is not inlined (docs/performance.md).
+FAST_FORM_OPS = ("DynamicDepthwiseConv",)
 
 
 @contextlib.contextmanager
@@ -62,8 +62,7 @@ def export_onnx(module: nn.Module, *, opset: int = DEFAULT_OPSET, custom_ops: bo
 
     ``fast_forms`` (plain export): the ops of :data:`FAST_FORM_OPS` go through their scar custom
     op and are then inlined as their function bodies (the Scan + depthwise Conv form of the
-    dynamic conv, the plain SDPA chain of the AT attention), so the plain model has standard ops
-    only but neither the traced 49-tap sum nor the exporter's split-scale attention.
+    dynamic conv), so the plain model has standard ops only but not the traced 49-tap sum.
     ``fast_forms=False`` is the v0.1 export (kept for the benchmark's comparison).
     """
     import copy
