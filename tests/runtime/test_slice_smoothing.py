@@ -45,6 +45,17 @@ def test_streaming_equals_the_whole_volume_computation(n, batch):
         np.testing.assert_array_equal(_stream(p, 0.25, batch), p.argmax(1))
 
 
+@pytest.mark.parametrize("w", [0.0, 0.25])
+def test_ties_go_to_the_lower_class_as_argmax_does(w):
+    """The plane-by-plane decision keeps np.argmax's rule: of equal maxima, the first class."""
+    p = np.zeros((3, 4, 2, 2), np.float32)
+    p[:, 1:3] = 0.5          # classes 1 and 2 tie everywhere
+    p[:, :, 1, 1] = 0.25     # all four tie in one pixel
+    got = _stream(p, w, 1)
+    np.testing.assert_array_equal(got, _direct(p, w))
+    assert got[:, 0, 0].tolist() == [1, 1, 1] and got[:, 1, 1].tolist() == [0, 0, 0]
+
+
 def test_a_neighbourhood_majority_flips_a_lone_slice():
     """Slice 1 says class 1 by a hair; both neighbours say class 2 firmly: smoothed, class 2."""
     p = np.zeros((3, 3, 1, 1), np.float32)
