@@ -20,6 +20,7 @@ from scar_runtime.backends.onnxruntime import OnnxRuntimeRunner
 from scar_runtime.backends.precision import gate_passed, parity_record_path, require_gate
 from scar_runtime.errors import ConfigError, ModelError
 from scar_runtime.io import load_volume
+from scar_runtime.metrics import dice
 from scar_runtime.preprocess import PreprocessConfig, image_to_slices, slices_to_labels
 from scar_runtime.segmenter import Segmenter, default_model_path
 
@@ -214,13 +215,11 @@ def test_bf16_passes_the_gate_on_real_slices():
         total += lab["fp32"].size
         for c in range(1, L.NUM_CLASSES):
             a, b = lab["fp32"] == c, lab["bf16"] == c
-            if a.sum() + b.sum():
-                pairwise.append(100.0 * (1 - 2 * np.logical_and(a, b).sum() / (a.sum() + b.sum())))
+            if a.any() or b.any():
+                pairwise.append(100.0 * (1 - dice(a, b)))
             y = ref == c
             if y.any():
-                d32, d16 = (100.0 * 2 * np.logical_and(p, y).sum() / (p.sum() + y.sum())
-                            for p in (a, b))
-                dice_diff.append(d32 - d16)
+                dice_diff.append(100.0 * (dice(a, y) - dice(b, y)))
     fp32.deactivate()
     bf16.deactivate()
     print(f"label agreement {agree / total:.5f}; Dice vs reference, FP32 - BF16: mean "
