@@ -139,17 +139,38 @@ def infer_cmd(
     straighten: bool = typer.Option(True, "--straighten/--no-straighten", help="Segment a "
                                     "spine tilted in the image again rotated upright (one or "
                                     "two extra passes, for such a scan only)."),
+    ray_address: str | None = typer.Option(None, "--ray", metavar="ADDRESS", help="Run the "
+                                           "cases on Ray: local (Ray on this machine), auto "
+                                           "(the running cluster) or ray://host:port; needs "
+                                           "scar-net[cluster]."),
+    ray_actors: int | None = typer.Option(None, "--ray-actors", help="Ray actors (default: "
+                                          "as many as the cluster's CPUs hold)."),
+    ray_cpus: int = typer.Option(1, "--ray-cpus-per-actor", help="CPUs (and inference "
+                                 "threads) of each Ray actor."),
 ):
-    """Segment lumbar vertebral bodies and discs: labels, key-points, stats and a preview."""
+    """Segment lumbar vertebral bodies and discs: labels, key-points, stats and a preview.
+
+    A folder run (or INPUT a manifest: a CSV with a `path` column and an optional `case`
+    column, or one path a line) writes OUT/results.csv and results.parquet, a row per input,
+    and resumes: finished cases are kept, the rest computed (--force: all)."""
     from scar_runtime.infer import run_infer
 
+    ray = None
+    if ray_address is None and (ray_actors is not None or ray_cpus != 1):
+        raise ConfigError("--ray-actors and --ray-cpus-per-actor go with --ray ADDRESS")
+    if ray_address is not None:
+        from scar_runtime.cluster.ray_run import RayOptions
+
+        if (ray_actors is not None and ray_actors < 1) or ray_cpus < 1:
+            raise ConfigError("--ray-actors and --ray-cpus-per-actor must be >= 1")
+        ray = RayOptions(address=ray_address, actors=ray_actors, cpus_per_actor=ray_cpus)
     try:
         summary = run_infer(input_path, out, model=model, backend=backend, device=device,
                             batch=batch, force=force, fmt=fmt, series_uid=series,
-                            precision=precision, straighten=straighten)
+                            precision=precision, straighten=straighten, ray=ray)
     except Interrupted as e:  # typer would make Ctrl-C a silent exit: say what was finished
         raise _Stopped(_one_line(e)) from None
-    for path in summary.written:
+    for path in summary.written + summary.table:
         typer.echo(str(path))
     if summary.no_spine and (summary.failed or len(summary.done) > 1):
         typer.echo(f"no lumbar spine found in {len(summary.no_spine)} case(s): "

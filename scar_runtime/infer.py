@@ -13,15 +13,29 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 
 from scar_runtime.atomic import InputSet, check_output_path
 from scar_runtime.errors import ConfigError, InputFileError, Interrupted, ScarError
+from scar_runtime.folder_run.case import (
+    CaseOutcome,
+    CaseSettings,
+    failed_outcome,
+    kept_outcome,
+    run_case,
+)
+from scar_runtime.folder_run.manifest import is_manifest, manifest_cases
+from scar_runtime.folder_run.resume import ModelIdentity, resolve_model
+from scar_runtime.folder_run.table import write_table
 from scar_runtime.io import Volume, is_nifti_path, is_scar_output, load_volume, nifti_stem
-from scar_runtime.outputs import check_out_dir, output_paths, resolve_formats, write_case
+from scar_runtime.outputs import check_out_dir, output_paths, resolve_formats
 from scar_runtime.postprocess import PostprocessConfig
 from scar_runtime.segmenter import DEFAULT_BATCH, Segmenter
+
+if TYPE_CHECKING:
+    from scar_runtime.cluster.ray_run import RayOptions
 
 _OUTPUT_NAME = re.compile(r".*_seg$")
 
@@ -33,6 +47,8 @@ class InferSummary:
     written: list[Path] = field(default_factory=list)
     # cases segmented without error in which no lumbar spine was found: (name, reason)
     no_spine: list[tuple[str, str]] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)  # finished by an earlier run, not recomputed
+    table: list[Path] = field(default_factory=list)  # results.csv (and .parquet)
 
 
 def find_inputs(path: Path) -> list[Path]:
@@ -101,84 +117,135 @@ def run_infer(input_path: Path, out_dir: Path | None = None, *, model: Path | No
               backend: str = "auto", device: str = "auto", batch: int = DEFAULT_BATCH,
               force: bool = False, console: Console | None = None, fmt: str = "auto",
               series_uid: str | None = None, precision: str = "auto",
-              straighten: bool = True) -> InferSummary:
+              straighten: bool = True, ray: RayOptions | None = None) -> InferSummary:
     """``fmt``: nifti, dicom-seg, both or auto (NIfTI for NIfTI input, both for DICOM).
-    ``straighten``: segment a tilted spine again rotated upright (straighten.py)."""
+    ``straighten``: segment a tilted spine again rotated upright (straighten.py).
+    ``ray``: run the cases on a Ray cluster (cluster/ray_run.py) instead of in this process.
+
+    A folder or manifest run writes OUT/results.csv (and .parquet), a row per input, and
+    resumes: finished cases (all outputs there, same model) are kept, the rest computed
+    (``force``: all of them). A run of ONE case keeps the single-file contract: existing
+    outputs are an error without ``force``, and a failure is raised with nothing written."""
     console = console or Console(stderr=True)
     input_path = Path(input_path)
-    cases = find_cases(input_path, series_uid)
+    manifest = is_manifest(input_path)
+    cases = (manifest_cases(input_path, series_uid) if manifest
+             else find_cases(input_path, series_uid))
     formats = {c.name: resolve_formats(fmt, dicom_input=c.dicom) for c in cases}
     if out_dir is None:
         out_dir = input_path if input_path.is_dir() else input_path.parent
     out_dir = Path(out_dir)
     check_out_dir(out_dir)
+    single = len(cases) == 1
     first = None
-    if len(cases) == 1:  # a single case: fail on bad input or outputs before loading a model
+    if single:  # a single case: fail on bad input or outputs before loading a model
         for p in output_paths(out_dir, cases[0].name, formats[cases[0].name]).values():
             check_output_path(p, force=force, inputs=cases[0].sources)
-        first = cases[0].load()
+        if ray is None:
+            first = cases[0].load()
+    model_path = resolve_model(model)
+    identity = ModelIdentity.of(model_path)
+    algorithm = None
+    if any("dicom-seg" in f for f in formats.values()):
+        from scar_runtime.dicom_seg import AlgorithmInfo
+
+        algorithm = AlgorithmInfo(model_name=identity.name, model_sha256=identity.sha256)
+    settings = CaseSettings(out_dir=out_dir, model=identity, force=force,
+                            resume=not single, algorithm=algorithm)
+    input_paths = [p for c in cases for p in c.sources] + ([input_path] if manifest else [])
     summary = InferSummary()
+    outcomes: dict[int, CaseOutcome] = {}
+
+    def record(index: int, outcome: CaseOutcome) -> None:
+        outcomes[index] = outcome
+        _report(outcome, summary, console, quiet_error=single)
+
+    todo = _plan(cases, formats, settings, record)
+    if summary.kept:
+        console.print(f"{len(summary.kept)} case(s) already finished with this model: kept "
+                      "(--force recomputes them)", highlight=False, soft_wrap=True)
     post = PostprocessConfig() if straighten else PostprocessConfig(straighten_passes=0)
-    with Segmenter(model, backend=backend, device=device, batch=batch,
-                   precision=precision, postprocess_config=post) as seg:
-        algorithm = None
-        if any("dicom-seg" in f for f in formats.values()):
-            from scar_runtime.dicom_seg import AlgorithmInfo
+    segmenter = {"model": model_path, "backend": backend, "device": device, "batch": batch,
+                 "precision": precision, "postprocess_config": post}
+    try:
+        if todo and ray is not None:
+            from scar_runtime.cluster.ray_run import run_on_ray
 
-            algorithm = AlgorithmInfo.for_model(seg.model)
-        if len(cases) > 1:
-            console.print(f"model {seg.model.name} on {seg.runner.description}",
-                          highlight=False, soft_wrap=True)
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
-        with Progress("[bold]segment", BarColumn(), MofNCompleteColumn(),
-                      "{task.fields[case]}", TimeRemainingColumn(), console=console,
-                      disable=len(cases) == 1 or not console.is_terminal) as progress:
-            task = progress.add_task("cases", total=len(cases), case="")
-            # built once: checking each case's outputs against it costs O(1), not O(cases)
-            all_sources = InputSet(p for c in cases for p in c.sources)
-            try:
-                _run_cases(cases, seg, out_dir, formats, force, algorithm, first, all_sources,
-                           summary, console, progress, task)
-            except KeyboardInterrupt as e:
-                raise Interrupted(
-                    f"after {len(summary.done)} of {len(cases)} case(s); the outputs of finished "
-                    "cases are complete, the case in progress wrote nothing") from e
+            run_on_ray(cases, todo, settings, formats, segmenter,
+                       [str(p) for p in input_paths], ray, record,
+                       on_start=lambda line: console.print(line, highlight=False))
+        elif todo:
+            _run_local(cases, todo, settings, formats, segmenter, InputSet(input_paths),
+                       first, console, record)
+    except KeyboardInterrupt as e:
+        raise Interrupted(
+            f"after {len(outcomes)} of {len(cases)} case(s); the outputs of finished "
+            "cases are complete, the case in progress wrote nothing") from e
+    if single and outcomes[0].status == "failed":
+        raise outcomes[0].error or ScarError(outcomes[0].row["error"])  # Ray: only its words
+    if manifest or input_path.is_dir():
+        written, note = write_table(out_dir, [outcomes[i].row for i in range(len(cases))],
+                                    InputSet(input_paths))
+        summary.table = written
+        if note:
+            console.print(f"scar: note: {note}", highlight=False, soft_wrap=True)
     return summary
 
 
-def _run_cases(cases, seg, out_dir, formats, force, algorithm, first, all_sources, summary,
-               console, progress, task) -> None:
+def _plan(cases: list[CaseInput], formats: dict, settings: CaseSettings,
+          record: Callable[[int, CaseOutcome], None]) -> list[int]:
+    """The indices of the cases to compute; the others (a name taken twice, a case an earlier
+    run finished) get their outcome now."""
     claimed: dict[str, str] = {}  # output name -> the input that has it
-    for case in cases:
-        name = case.name
-        progress.update(task, case=name)
-        try:
-            if name in claimed:  # x.nii beside x.nii.gz: two inputs, one set of output names
-                raise InputFileError(f"{case.label}: same case name as {claimed[name]}, so "
-                                     "their outputs would collide (rename one)")
-            claimed[name] = case.label
-            paths = output_paths(out_dir, name, formats[name])
-            for p in paths.values():
-                check_output_path(p, force=force, inputs=all_sources)
-            result = seg.segment(first if first is not None else case.load())
-            written = write_case(result, out_dir, name=name, force=force,
-                                 formats=formats[name], algorithm=algorithm,
-                                 inputs=all_sources)
-            summary.written += written
-            summary.done.append(name)
-            rep = result.report
-            lines = rep.warnings + rep.corrections + rep.order_warnings
-            if not rep.lumbar_spine_found:
-                summary.no_spine.append((case.label, rep.reason or "no lumbar spine"))
-                lines = [f"no lumbar spine found: {rep.reason}"]
-            if "dicom_seg" in paths and paths["dicom_seg"] not in written:
-                lines = [*lines, "no structure found: no DICOM-SEG written"]
-            for line in lines:
-                console.print(f"{name}: {line}", highlight=False, soft_wrap=True)
-        except ScarError as e:
-            if len(cases) == 1:
-                raise
-            summary.failed.append((case.label, str(e)))
-            console.print(f"scar: error: {e}", highlight=False, soft_wrap=True)
-        progress.advance(task)
+    todo = []
+    for i, case in enumerate(cases):
+        if case.name in claimed:  # x.nii beside x.nii.gz: two inputs, one set of output names
+            record(i, failed_outcome(case, InputFileError(
+                f"{case.label}: same case name as {claimed[case.name]}, so their outputs "
+                "would collide (rename one)")))
+            continue
+        claimed[case.name] = case.label
+        kept = kept_outcome(case, settings, formats[case.name])
+        if kept is not None:
+            record(i, kept)
+        else:
+            todo.append(i)
+    return todo
+
+
+def _run_local(cases, todo, settings, formats, segmenter, inputs, first, console,
+               record) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    with Segmenter(**segmenter) as seg:
+        if len(cases) > 1:
+            console.print(f"model {seg.model.name} on {seg.runner.description}",
+                          highlight=False, soft_wrap=True)
+        with Progress("[bold]segment", BarColumn(), MofNCompleteColumn(),
+                      "{task.fields[case]}", TimeRemainingColumn(), console=console,
+                      disable=len(cases) == 1 or not console.is_terminal) as progress:
+            task = progress.add_task("cases", total=len(todo), case="")
+            for i in todo:
+                progress.update(task, case=cases[i].name)
+                record(i, run_case(cases[i], seg, settings, formats[cases[i].name], inputs,
+                                   volume=first))
+                progress.advance(task)
+
+
+def _report(outcome: CaseOutcome, summary: InferSummary, console: Console, *,
+            quiet_error: bool) -> None:
+    """One case's lines on the console, and its place in the summary."""
+    row = outcome.row
+    if row["status"] == "failed":
+        summary.failed.append((outcome.label, row["error"]))
+        if not quiet_error:  # a single case's error is raised, and printed once, by the CLI
+            console.print(f"scar: error: {row['error']}", highlight=False, soft_wrap=True)
+        return
+    summary.done.append(outcome.name)
+    summary.written += [Path(p) for p in outcome.written]
+    if row["computed"] == "kept":
+        summary.kept.append(outcome.name)
+    if row["status"] == "no_spine":
+        summary.no_spine.append((outcome.label, row["reason"] or "no lumbar spine"))
+    for line in outcome.messages:
+        console.print(line, highlight=False, soft_wrap=True)

@@ -89,9 +89,18 @@ def nifti_gz_bytes(img: nib.Nifti1Image) -> bytes:
     return gzip.compress(img.to_bytes(), compresslevel=6, mtime=0)
 
 
+# a tEXt chunk saying who made a preview: a resumed folder run replaces only files it can tell
+# are its own (folder_run/resume.py)
+PNG_SOFTWARE = "scar-net"
+
+
 def png_bytes(image) -> bytes:
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text("Software", PNG_SOFTWARE)
     buf = io.BytesIO()
-    image.save(buf, format="PNG")
+    image.save(buf, format="PNG", pnginfo=info)
     return buf.getvalue()
 
 
@@ -113,9 +122,13 @@ def keypoints_doc(result: SegmentationResult) -> dict:
     return doc
 
 
-def stats_doc(result: SegmentationResult, input_path: Path | None) -> dict:
+def stats_doc(result: SegmentationResult, input_path: Path | None,
+              run_info: dict | None = None) -> dict:
+    """``run_info``: the run's own facts about the case (the model's name and SHA-256, the
+    seconds it took), which a resumed folder run and the results table read back."""
     doc = {"scar_net": __version__, "input": str(input_path) if input_path else None,
-           "backend": result.backend, "spacing_mm": list(result.volume.spacing),
+           "backend": result.backend, **(run_info or {}),
+           "spacing_mm": list(result.volume.spacing),
            # first, so a user (or script) sees it before anything else
            "lumbar_spine_found": result.report.lumbar_spine_found,
            "reason": result.report.reason,
@@ -131,7 +144,7 @@ def stats_doc(result: SegmentationResult, input_path: Path | None) -> dict:
 def write_case(result: SegmentationResult, out_dir: Path, *, name: str | None = None,
                force: bool = False, formats: tuple[str, ...] = ("nifti",),
                algorithm: AlgorithmInfo | None = None,
-               inputs: InputSet | None = None) -> list[Path]:
+               inputs: InputSet | None = None, run_info: dict | None = None) -> list[Path]:
     """``formats``: "nifti" and/or "dicom-seg" (which needs DICOM input and ``algorithm``, the
     model's identity; no DICOM-SEG is written when no structure was found). ``inputs``: every
     input of the run, none of which is ever written over. All files of the case, labels.json
@@ -154,8 +167,10 @@ def write_case(result: SegmentationResult, out_dir: Path, *, name: str | None = 
         if seg_bytes is not None:
             files[paths["dicom_seg"]] = seg_bytes
     files[paths["keypoints"]] = _json_bytes(keypoints_doc(result))
-    files[paths["stats"]] = _json_bytes(stats_doc(result, src))
     files[paths["preview"]] = png_bytes(render_preview(result))
+    # stats.json last: the files appear in this order, so a case whose stats.json is there was
+    # written in full (a resumed run keeps it: folder_run/resume.py)
+    files[paths["stats"]] = _json_bytes(stats_doc(result, src, run_info))
     dicom = dicom_source(result.volume)
     if inputs is None:
         inputs = InputSet((src,) if src else ())

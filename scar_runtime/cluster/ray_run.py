@@ -1,0 +1,172 @@
+"""A folder run on Ray Data: the cases -> ``map_batches`` over a pool of actors, each holding
+one Segmenter (the model loaded once per actor), threads set to its CPU share.
+
+Each actor calls ``folder_run.case.run_case``, the same function as the local loop, and writes
+the case's outputs itself (all or nothing) into OUT, which must therefore be the same path on
+every node (a shared file system); only the small outcome (the table row) travels back to the
+driver, which prints the messages and writes the results table.
+
+Fault tolerance: an actor that dies mid-case (killed, out of memory, node lost) is restarted by
+Ray and the case's task retried on a live actor, at most ``max_retries`` times; a case whose
+every try killed its worker is a ``failed`` row. One case per block, so that a case given up on
+never takes other cases with it. A retried case that had already been written in full is found
+finished (resume.py) and not computed again, so every case is in the table exactly once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from scar_runtime.cluster import RAY_EXTRA
+from scar_runtime.errors import ConfigError, ScarError
+from scar_runtime.folder_run.case import CaseOutcome, CaseSettings, failed_outcome, run_case
+
+# Test-only hook (tests/runtime/test_ray_run.py): when set to a file path, the first actor to
+# start a case creates that file and kills its own process at once (os._exit, as the OOM
+# killer would), so the test sees a real worker death; later cases find the file and run.
+KILL_HOOK_ENV = "SCAR_TEST_KILL_ON_FIRST_CASE"
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    address: str  # "local", "auto", "ray://host:port" or "host:port"
+    actors: int | None = None  # default: as many as the cluster's CPUs hold
+    cpus_per_actor: int = 1  # each actor's CPU share, and its inference threads
+    local_cpus: int | None = None  # "local": the CPUs Ray may use (default: all of them)
+    max_retries: int = 3  # tries of a case after its worker died, before it is failed
+
+
+def import_ray():
+    try:
+        import ray
+        import ray.data  # noqa: F401 - the Data library is a separate extra of Ray
+    except ImportError as e:
+        raise ConfigError(f"--ray needs Ray: pip install 'scar-net[{RAY_EXTRA}]' ({e})") from e
+    return ray
+
+
+@contextlib.contextmanager
+def connected(options: RayOptions) -> Iterator[object]:
+    """Ray, connected to the cluster ``options.address`` names (started here for "local"); a
+    session the caller already opened (``ray.init`` in a notebook or a test) is used as is."""
+    ray = import_ray()
+    if ray.is_initialized():
+        yield ray
+        return
+    quiet = {"log_to_driver": False, "logging_level": logging.ERROR,
+             "include_dashboard": False}
+    address = options.address
+    try:
+        if address == "local":
+            ray.init(num_cpus=options.local_cpus or os.cpu_count(), **quiet)
+        else:
+            ray.init(address=address, **quiet)
+    except Exception as e:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError, ...
+        words = " ".join(str(e).split())[:200] or type(e).__name__
+        if address.startswith("ray://") and "grpc" in words.lower():
+            words = "ray:// addresses need Ray Client: pip install 'ray[client]'"
+        raise ConfigError(f"cannot reach Ray cluster at {address} ({words})") from e
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+class CaseWorker:
+    """A Ray Data actor: one Segmenter for its whole life, one case per call."""
+
+    def __init__(self, cases, settings: CaseSettings, formats: dict, segmenter: dict,
+                 threads: int, input_paths: list[str], kill_marker: str | None = None):
+        from scar_runtime.atomic import InputSet
+        from scar_runtime.segmenter import Segmenter
+
+        # the libraries' own thread pools, not only the backend's: the actor owns `threads` CPUs
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        self.cases, self.settings, self.formats = cases, settings, formats
+        self.kill_marker = kill_marker
+        self.seg = Segmenter(threads=threads, **segmenter)
+        self.inputs = InputSet(input_paths)
+
+    def __call__(self, batch: dict) -> dict:
+        import numpy as np
+
+        outcomes = []
+        for index in batch["index"]:
+            self._test_kill_hook()
+            case = self.cases[int(index)]
+            outcome = run_case(case, self.seg, self.settings, self.formats[case.name],
+                               self.inputs)
+            outcomes.append(json.dumps(outcome.to_json()))
+        return {"index": np.asarray(batch["index"]), "outcome": np.asarray(outcomes, object)}
+
+    def _test_kill_hook(self) -> None:
+        if not self.kill_marker:
+            return
+        try:
+            fd = os.open(self.kill_marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return
+        os.close(fd)
+        os._exit(1)
+
+
+def cluster_cpus(ray) -> int:
+    return int(ray.cluster_resources().get("CPU", 0))
+
+
+def run_on_ray(cases, todo: list[int], settings: CaseSettings, formats: dict,
+               segmenter: dict, input_paths: list[str], options: RayOptions,
+               on_outcome: Callable[[int, CaseOutcome], None],
+               on_start: Callable[[str], None] | None = None) -> None:
+    """Run the cases ``todo`` (indices into ``cases``) on the cluster; ``on_outcome(index,
+    outcome)`` is called on the driver as each finishes, exactly once per case."""
+    with connected(options) as ray:
+        cpus = cluster_cpus(ray)
+        per_actor = max(1, options.cpus_per_actor)
+        if cpus < per_actor:
+            raise ConfigError(f"the Ray cluster has {cpus} CPU(s); --ray-cpus-per-actor is "
+                              f"{per_actor}")
+        actors = min(options.actors or cpus // per_actor, len(todo))
+        if on_start:
+            on_start(f"Ray: {actors} actor(s) x {per_actor} CPU(s) on a cluster of {cpus} "
+                     f"CPU(s), {len(todo)} case(s) to compute")
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = False
+        ctx.print_on_execution_start = False
+        # a case whose every try killed its worker is one lost block (one case): the run goes
+        # on and the case becomes a failed row, below
+        ctx.max_errored_blocks = -1
+        logging.getLogger("ray.data").setLevel(logging.ERROR)
+        ds = ray.data.from_items([{"index": i} for i in todo], override_num_blocks=len(todo))
+        ds = ds.map_batches(
+            CaseWorker, batch_size=1, compute=ray.data.ActorPoolStrategy(size=actors),
+            num_cpus=per_actor,
+            fn_constructor_kwargs={"cases": cases, "settings": settings, "formats": formats,
+                                   "segmenter": segmenter, "threads": per_actor,
+                                   "input_paths": input_paths,
+                                   "kill_marker": os.environ.get(KILL_HOOK_ENV)},
+            # Ray restarts a dead actor (forever) and retries its task, at most max_retries times
+            max_restarts=-1, max_task_retries=options.max_retries)
+        seen: set[int] = set()
+        try:
+            for row in ds.iter_rows():
+                index = int(row["index"])
+                if index in seen:  # never expected: Ray returns a finished block once
+                    continue
+                seen.add(index)
+                on_outcome(index, CaseOutcome.from_json(json.loads(row["outcome"])))
+        except ScarError:
+            raise
+        except Exception as e:  # noqa: BLE001 - the job as a whole failed (no actor could start)
+            words = " ".join(str(e).split())
+            raise ScarError(f"the Ray job failed: {type(e).__name__}: {words[:300]}") from e
+        for index in todo:
+            if index not in seen:
+                why = (f"its worker died on each of {options.max_retries + 1} tries (out of "
+                       "memory, or killed); nothing of it was written")
+                on_outcome(index, failed_outcome(cases[index], RuntimeError(why)))
