@@ -40,6 +40,18 @@ def train(
     no_augment: bool = typer.Option(False, "--no-augment", help="Disable augmentation."),
     rotation_deg: float = typer.Option(
         10.0, help="Augmentation: in-plane rotation drawn uniformly in +-this many degrees."),
+    structure_signal_p: float = typer.Option(
+        0.3, help="Augmentation: probability of darkening (degenerated disc, Modic-type body) "
+        "or brightening one labelled body or disc (0 = off)."),
+    disc_collapse_p: float = typer.Option(
+        0.15, help="Augmentation: probability of squeezing one disc's height (collapse)."),
+    thick_slice_p: float = typer.Option(
+        0.2, help="Augmentation: probability of through-plane (thick-slice) blur."),
+    motion_blur_p: float = typer.Option(
+        0.15, help="Augmentation: probability of in-plane motion blur (a line kernel)."),
+    precision: str = typer.Option(
+        "auto", help="fp32, bf16 (CPU autocast, FP32 weights) or auto: bf16 on a CPU with "
+        "native BF16 (amx_bf16 or avx512_bf16), else fp32."),
     resume: bool = typer.Option(False, "--resume", help="Continue from OUT/last.pt."),
     fold: int | None = typer.Option(None, help="Cross-validation fold (with --folds)."),
     folds: int | None = typer.Option(None, help="Number of folds (split by subject)."),
@@ -66,6 +78,9 @@ def train(
                       use_mcca=not no_mcca, use_at=not no_at, fine_refinement=fine_refinement,
                       gap_weight=gap_weight, context_slices=context_slices,
                       augment=not no_augment, rotation_deg=rotation_deg,
+                      structure_signal_p=structure_signal_p, disc_collapse_p=disc_collapse_p,
+                      thick_slice_p=thick_slice_p, motion_blur_p=motion_blur_p,
+                      precision=precision,
                       seed=seed, fold=fold, folds=folds, val_every=val_every,
                       log_every=log_every, ckpt_every=ckpt_every, threads=threads,
                       device=device, resume=resume, init=str(init) if init else None,

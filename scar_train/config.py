@@ -9,13 +9,18 @@ from pathlib import Path
 from scar_runtime.errors import ConfigError
 
 # Fields that may differ between a run and its --resume (they do not change what is trained).
+# precision: BF16 autocast is a speed setting for the CPU a run happens to be on (a run resumed
+# on another machine may change it).
 RESUMABLE_FIELDS = {"resume", "max_steps", "val_every", "log_every", "ckpt_every", "threads",
-                    "device", "out", "data"}
+                    "device", "out", "data", "precision"}
 
 # What a setting added later meant in a run saved before it existed (its behaviour then, which
 # need not be today's default): lets --resume continue such runs.
 ABSENT_MEANS = {"fine_refinement": False, "gap_weight": 0.0, "context_slices": 0,
-                "rotation_deg": 10.0}
+                "rotation_deg": 10.0, "structure_signal_p": 0.0, "disc_collapse_p": 0.0,
+                "thick_slice_p": 0.0, "motion_blur_p": 0.0}
+
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 @dataclass
@@ -43,6 +48,13 @@ class TrainConfig:
     # in-plane rotation drawn uniformly in +-this (degrees): tilted spines (a patient lying
     # obliquely, strong lordosis, an oblique acquisition) must not change the names
     rotation_deg: float = 10.0
+    # issue 26's hard-case augmentations (augment_structures.py), per-sample probabilities:
+    # one body or disc darkened/brightened, one disc squeezed, thick-slice blur, motion blur
+    structure_signal_p: float = 0.3
+    disc_collapse_p: float = 0.15
+    thick_slice_p: float = 0.2
+    motion_blur_p: float = 0.15
+    precision: str = "auto"  # fp32, bf16 (CPU autocast) or auto (train.resolve_precision)
     seed: int = 0
     fold: int | None = None
     folds: int | None = None
@@ -73,6 +85,13 @@ class TrainConfig:
             raise ConfigError(f"--context-slices must be in 0..3, not {self.context_slices}")
         if not 0 <= self.rotation_deg <= 180:
             raise ConfigError(f"--rotation-deg must be in 0..180, not {self.rotation_deg}")
+        for k in ("structure_signal_p", "disc_collapse_p", "thick_slice_p", "motion_blur_p"):
+            if not 0 <= getattr(self, k) <= 1:
+                raise ConfigError(f"--{k.replace('_', '-')} must be in 0..1, not "
+                                  f"{getattr(self, k)}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"unknown precision {self.precision!r} (valid: "
+                              f"{', '.join(PRECISIONS)})")
         if self.weak_per_batch > self.batch:
             raise ConfigError("--weak-per-batch cannot exceed --batch")
 

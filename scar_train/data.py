@@ -29,6 +29,12 @@ from scar_runtime.preprocess import (
     resample_image,
     resample_labels,
 )
+from scar_train.augment_structures import (
+    StructureAugmentConfig,
+    augment_structures,
+    maybe_motion_blur,
+    thick_slices,
+)
 
 HEATMAP_STRIDE = 4
 # A key-point is a structure's centre, not its extent: distances from key-points are reduced by
@@ -149,6 +155,8 @@ class AugmentConfig:
     lowres_factor: tuple[float, float] = (1.5, 3.0)
     noise_std: float = 0.08
     enabled: bool = True
+    # the hard-case augmentations of issue 26 (augment_structures.py); None = off (runs before)
+    structures: StructureAugmentConfig | None = None
 
 
 @dataclass
@@ -282,7 +290,11 @@ class SliceSampler:
             rng.integers(pc.image.shape[2]))
         k = self.context_slices
         channels = context_indices(np.array([s]), k, pc.image.shape[2])[0]
-        img = np.moveaxis(pc.image[:, :, channels], 2, 0).astype(np.float32)  # (C, rows, cols)
+        st = self.augment.structures if self.augment.enabled else None
+        if st is not None and st.thick_p > 0 and rng.random() < st.thick_p:
+            img = thick_slices(pc.image, channels, rng.uniform(*st.thick_sigma_slices))
+        else:
+            img = np.moveaxis(pc.image[:, :, channels], 2, 0).astype(np.float32)  # (C, rows, cols)
         lab = pc.labels[:, :, s] if pc.labels is not None else None
         # crop centre: near a labelled structure of this slice, else anywhere
         centre = np.array([rng.uniform(0, img.shape[1]), rng.uniform(0, img.shape[2])])
@@ -300,16 +312,17 @@ class SliceSampler:
         x = np.stack([ndimage.affine_transform(c, A, offset=offset, output_shape=(h, w), order=1,
                                                mode="constant", cval=bg, prefilter=False)
                       for c in img])
-        x = self._intensity(x)
         Ainv = np.linalg.inv(A)
         if lab is not None:
             y = ndimage.affine_transform(lab, A, offset=offset, output_shape=(h, w), order=0,
                                          mode="constant", cval=0, prefilter=False)
-            points = _centroids_2d(y, sorted(pc.labelled_classes))
             dist = ndimage.affine_transform(pc.distance[:, :, s].astype(np.float32), A,
                                             offset=offset, output_shape=(h, w), order=1,
                                             mode="constant", cval=DISTANCE_CLIP_MM,
                                             prefilter=False)
+            if st is not None:  # before the scanner-level terms: a property of the anatomy
+                x, y, dist = augment_structures(x, y, dist, pc.labelled_classes, st, rng)
+            points = _centroids_2d(y, sorted(pc.labelled_classes))
         else:
             y = np.zeros((h, w), np.uint8)
             points = {}
@@ -320,6 +333,9 @@ class SliceSampler:
                 if lo <= s <= hi and 0 <= q[0] < h and 0 <= q[1] < w:
                     points[k] = (float(q[0]), float(q[1]))
             dist = _distance_to_points(anchors, (h, w), self._mm_per_px(A))
+        if st is not None:
+            x = maybe_motion_blur(x, st, rng)
+        x = self._intensity(x)
         cew = None  # weight 1 everywhere
         if self.gap_weight > 0 and lab is not None and pc.case.supervision == "both":
             cew = gap_weight_map(y, self._mm_per_px(A), self.gap_weight, self.gap_sigma_mm)

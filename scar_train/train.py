@@ -25,6 +25,7 @@ from scar_runtime.atomic import check_folder_creatable
 from scar_runtime.dataset import Case, index_hash, read_index
 from scar_runtime.errors import ConfigError, DataIndexError
 from scar_runtime.preprocess import PreprocessConfig
+from scar_train.augment_structures import StructureAugmentConfig
 from scar_train.checkpoint import load_checkpoint, save_checkpoint
 from scar_train.config import TrainConfig
 from scar_train.data import AugmentConfig, SliceSampler, prepare_case
@@ -64,6 +65,35 @@ def pick_device(name: str) -> torch.device:
     if name != "cpu":
         raise ConfigError(f"unknown device {name!r} (valid: auto, cpu, cuda)")
     return torch.device("cpu")
+
+
+def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> set[str]:
+    try:
+        for line in Path(cpuinfo).read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def resolve_precision(name: str, device: torch.device, flags: set[str] | None = None) -> str:
+    """``fp32`` or ``bf16`` for ``--precision``. ``auto`` is bf16 only on a CPU that computes
+    BF16 natively (amx_bf16 or avx512_bf16 in its flags): faster per step there (AMX Xeon,
+    AVX512_BF16 Zen 4; MODEL_CARD.md), while an AVX2 CPU emulates it and ran 7x slower. GPUs
+    keep FP32 (not measured)."""
+    if name != "auto":
+        return name
+    if device.type != "cpu":
+        return "fp32"
+    have = cpu_flags() if flags is None else flags
+    return "bf16" if have & {"amx_bf16", "avx512_bf16"} else "fp32"
+
+
+def structure_augment(cfg: TrainConfig) -> StructureAugmentConfig:
+    return StructureAugmentConfig(signal_p=cfg.structure_signal_p,
+                                  collapse_p=cfg.disc_collapse_p, thick_p=cfg.thick_slice_p,
+                                  motion_p=cfg.motion_blur_p)
 
 
 def split_for_run(cases: list[Case], cfg: TrainConfig) -> tuple[list[Case], list[Case]]:
@@ -150,6 +180,30 @@ def _batch_to_torch(b, device) -> dict:
                {"ce_weight": torch.from_numpy(b.ce_weight).to(device)})}
 
 
+def cpu_model_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or "unknown"
+
+
+def forward_loss(net, batch: dict, cfg: TrainConfig, precision: str):
+    """Forward and loss; with bf16 under CPU autocast (FP32 master weights, FP32 gradients:
+    autocast casts per op, the parameters stay FP32). The loss terms are computed on the
+    outputs cast back to FP32, so the log-softmax, Dice sums and heatmap MSE keep FP32 range."""
+    if precision != "bf16":
+        return scar_loss(net(batch["image"]), batch, cfg.rec_weight, cfg.heatmap_pos_weight)
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        outp = net(batch["image"])
+    outp = type(outp)(*(t.float() for t in outp))
+    return scar_loss(outp, batch, cfg.rec_weight, cfg.heatmap_pos_weight)
+
+
 def _progress(enabled: bool):
     from rich.progress import (
         BarColumn,
@@ -222,6 +276,9 @@ def train(cfg: TrainConfig) -> dict:
         net = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
 
+    precision = resolve_precision(cfg.precision, device)
+    if precision == "bf16" and device.type != "cpu":
+        raise ConfigError("--precision bf16 is CPU autocast; on a GPU use fp32")
     data_hash = index_hash(index_path)
     log = RunLog(out / "log.jsonl", di.main)
     if di.main:
@@ -229,14 +286,16 @@ def train(cfg: TrainConfig) -> dict:
         log.write(event="resume" if resume_doc else "start", step=start_step, world=di.world,
                   device=str(device), parameters=count_parameters(model),
                   train_cases=len(train_cases), val_cases=len(val_cases),
-                  data_index_sha256=data_hash)
+                  data_index_sha256=data_hash, precision=precision,
+                  cpu=cpu_model_name(), threads=torch.get_num_threads())
 
     # each rank and each resume point gets its own stream of batches
     sampler = SliceSampler(prepared, crop=(cfg.crop, cfg.crop), batch_size=cfg.batch,
                            weak_per_batch=cfg.weak_per_batch, disc_fraction=cfg.disc_fraction,
                            both_fraction=cfg.both_fraction,
                            augment=AugmentConfig(enabled=cfg.augment,
-                                                 rotation_deg=cfg.rotation_deg),
+                                                 rotation_deg=cfg.rotation_deg,
+                                                 structures=structure_augment(cfg)),
                            spacing_mm=preprocess.spacing_mm, gap_weight=cfg.gap_weight,
                            context_slices=preprocess.context_slices,
                            seed=hash((cfg.seed, di.rank, start_step)) % 2**32)
@@ -260,8 +319,7 @@ def train(cfg: TrainConfig) -> dict:
         task = progress.add_task("train", total=end, completed=start_step, info="")
         while step < end:
             batch = _batch_to_torch(sampler.next_batch(), device)
-            outp = net(batch["image"])
-            terms = scar_loss(outp, batch, cfg.rec_weight, cfg.heatmap_pos_weight)
+            terms = forward_loss(net, batch, cfg, precision)
             opt.zero_grad(set_to_none=True)
             terms.total.backward()
             opt.step()
