@@ -5,7 +5,8 @@ PY := $(VENV)/bin/python
 # The CPU wheel: a bare `torch` requirement would pull a multi-GB CUDA build. Installed BEFORE the
 # project so pip sees torch already satisfied.
 TORCH_SPEC ?= torch==2.13.0
-EXTRAS ?= train,export,dicom,openvino,dev
+# cluster: Ray, so that the `--ray` tests (tests/runtime/test_ray_run.py) run in CI too
+EXTRAS ?= train,export,dicom,openvino,cluster,dev
 
 .PHONY: install test test-fast lint demo bench bench-quick clean
 

@@ -60,7 +60,14 @@ def connected(options: RayOptions) -> Iterator[object]:
         return
     quiet = {"log_to_driver": False, "logging_level": logging.ERROR,
              "include_dashboard": False}
+    # Ray's C++ core logs to stderr too: a warning that Ray Data's own actor arguments live in
+    # the object store came with every run (the arguments stay referenced for the whole job).
+    # --verbose keeps it, and a user's own setting wins.
+    if not os.environ.get("SCAR_VERBOSE"):
+        os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
     address = options.address
+    if address != "local":
+        _check_reachable(address)
     try:
         if address == "local":
             ray.init(num_cpus=options.local_cpus or os.cpu_count(), **quiet)
@@ -75,6 +82,41 @@ def connected(options: RayOptions) -> Iterator[object]:
         yield ray
     finally:
         ray.shutdown()
+
+
+def _bootstrap_address(address: str) -> str | None:
+    """``host:port`` of the cluster ``address`` names ("auto": RAY_ADDRESS, else the cluster
+    last started on this machine), or None when there is none to find."""
+    if address.startswith("ray://"):
+        return address[len("ray://"):]
+    if address == "auto":
+        from ray._private.services import canonicalize_bootstrap_address
+
+        try:
+            return canonicalize_bootstrap_address("auto")
+        except Exception:  # noqa: BLE001 - a stale or unreadable record: nothing to reach
+            return None
+    return address
+
+
+def _check_reachable(address: str, timeout_s: float = 10.0) -> None:
+    """Fail in one line, fast, when nothing listens at the address: ``ray.init`` waits for a
+    cluster that is not there for many minutes (it did, past 10, for 127.0.0.1:1)."""
+    import socket
+
+    target = _bootstrap_address(address)
+    if target is None:
+        raise ConfigError(f"cannot reach Ray cluster at {address} (no running cluster found: "
+                          "start one with `ray start --head`, or use --ray local)")
+    host, _, port = target.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"cannot reach Ray cluster at {address} (expected local, auto, "
+                          "host:port or ray://host:port)")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        raise ConfigError(f"cannot reach Ray cluster at {address} "
+                          f"({e.strerror or type(e).__name__})") from e
 
 
 class CaseWorker:
