@@ -28,7 +28,7 @@ from scar_runtime.folder_run.case import (
 )
 from scar_runtime.folder_run.manifest import is_manifest, manifest_cases
 from scar_runtime.folder_run.resume import ModelIdentity, resolve_model
-from scar_runtime.folder_run.table import write_table
+from scar_runtime.folder_run.table import table_paths, write_table
 from scar_runtime.io import Volume, is_nifti_path, is_scar_output, load_volume, nifti_stem
 from scar_runtime.outputs import check_out_dir, output_paths, resolve_formats
 from scar_runtime.postprocess import PostprocessConfig
@@ -143,6 +143,11 @@ def run_infer(input_path: Path, out_dir: Path | None = None, *, model: Path | No
             check_output_path(p, force=force, inputs=cases[0].sources)
         if ray is None:
             first = cases[0].load()
+    input_paths = [p for c in cases for p in c.sources] + ([input_path] if manifest else [])
+    folder_run = manifest or input_path.is_dir()
+    if folder_run:  # the table must not be an input (a manifest named results.csv in OUT)
+        for p in table_paths(out_dir):
+            check_output_path(p, force=True, inputs=InputSet(input_paths))
     model_path = resolve_model(model)
     identity = ModelIdentity.of(model_path)
     algorithm = None
@@ -152,7 +157,6 @@ def run_infer(input_path: Path, out_dir: Path | None = None, *, model: Path | No
         algorithm = AlgorithmInfo(model_name=identity.name, model_sha256=identity.sha256)
     settings = CaseSettings(out_dir=out_dir, model=identity, force=force,
                             resume=not single, algorithm=algorithm)
-    input_paths = [p for c in cases for p in c.sources] + ([input_path] if manifest else [])
     summary = InferSummary()
     outcomes: dict[int, CaseOutcome] = {}
 
@@ -183,7 +187,7 @@ def run_infer(input_path: Path, out_dir: Path | None = None, *, model: Path | No
             "cases are complete, the case in progress wrote nothing") from e
     if single and outcomes[0].status == "failed":
         raise outcomes[0].error or ScarError(outcomes[0].row["error"])  # Ray: only its words
-    if manifest or input_path.is_dir():
+    if folder_run:
         written, note = write_table(out_dir, [outcomes[i].row for i in range(len(cases))],
                                     InputSet(input_paths))
         summary.table = written

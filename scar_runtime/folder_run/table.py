@@ -76,6 +76,10 @@ def failed_row(case: str, source: str, error: str, seconds: float | None = None)
     return row
 
 
+def table_paths(out_dir: Path) -> tuple[Path, Path]:
+    return out_dir / TABLE_CSV, out_dir / TABLE_PARQUET
+
+
 def _csv_bytes(rows: list[dict]) -> bytes:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=COLUMN_NAMES, lineterminator="\n")
