@@ -7,8 +7,11 @@ is in the table once."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import subprocess
+import sys
 
 import nibabel as nib
 import numpy as np
@@ -74,6 +77,41 @@ def _stamps(out):
 
 def _statuses(out):
     return {r["case"]: r["status"] for r in read_table_csv(out / "results.csv")}
+
+
+TWO_NODES = """
+import json, sys
+import ray
+from ray.cluster_utils import Cluster
+from scar_runtime.cluster.ray_run import RayOptions
+from scar_runtime.infer import run_infer
+
+cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+cluster.add_node(num_cpus=1)
+cluster.wait_for_nodes()
+ray.init(address=cluster.address, log_to_driver=False, logging_level="ERROR")
+summary = run_infer(sys.argv[1], sys.argv[2], ray=RayOptions(address="auto"),
+                    backend="onnxruntime", precision="fp32")
+print(json.dumps({"nodes": sum(n["Alive"] for n in ray.nodes()), "done": sorted(summary.done),
+                  "failed": [n for n, _ in summary.failed]}))
+ray.shutdown()
+cluster.shutdown()
+"""
+
+
+def test_two_node_cluster(cohort, tmp_path):
+    """Two Ray nodes of one CPU each (ray.cluster_utils.Cluster, in a subprocess: one driver
+    per process), so the two 1-CPU actors run on different nodes. First in this module: the
+    shared session of the other tests is not started yet."""
+    out = tmp_path / "out"
+    p = subprocess.run([sys.executable, "-c", TWO_NODES, str(cohort), str(out)], cwd=REPO,
+                       capture_output=True, text=True, timeout=240)
+    assert p.returncode == 0, p.stderr[-3000:]
+    doc = json.loads(p.stdout.strip().splitlines()[-1])
+    assert doc["nodes"] == 2 and doc["failed"] == ["broken.nii.gz"]
+    assert doc["done"] == sorted(GOOD)
+    assert "2 actor(s) x 1 CPU(s) on a cluster of 2 CPU(s)" in p.stderr
+    assert _statuses(out) == {"broken": "failed", **dict.fromkeys(GOOD, "ok")}
 
 
 def test_ray_run_equals_the_local_run_and_resumes(ray_session, cohort, local_run, tmp_path):
