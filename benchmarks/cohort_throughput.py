@@ -57,9 +57,13 @@ def main() -> None:
     for p in val_volumes(args.data):
         os.symlink(p.resolve(), src / f"{p.parent.name}_{p.name}")
     n = len(list(src.iterdir()))
+    for f in src.iterdir():  # the page cache warm for every run alike (the first ran cold)
+        f.read_bytes()
     doc = {"cases": n, "cpu": _cpu(), "load_before": os.getloadavg(), "runs": {}}
     doc["ray_init_s"] = round(ray_start_seconds(), 2)
-    for label, extra in CONFIGS.items():
+    # the local run again at the end: on a shared machine the load drifts during the runs
+    configs = [*CONFIGS.items(), ("local (2 threads), again", ())]
+    for label, extra in configs:
         out = args.out / label.split(",")[0].replace(" ", "_") / str(len(doc["runs"]))
         clock = time.perf_counter()
         p = subprocess.run([sys.executable, "-m", "scar_runtime.cli", "infer", str(src), "-o",

@@ -197,6 +197,11 @@ def run_on_ray(cases, todo: list[int], settings: CaseSettings, formats: dict,
                on_start: Callable[[str], None] | None = None) -> None:
     """Run the cases ``todo`` (indices into ``cases``) on the cluster; ``on_outcome(index,
     outcome)`` is called on the driver as each finishes, exactly once per case."""
+    model = segmenter["model"]
+    if str(model).endswith(".onnx"):  # a bad model is one line here, not N dead actors
+        from scar_runtime.backends import read_model_metadata
+
+        read_model_metadata(model)
     with connected(options) as ray:
         cpus = cluster_cpus(ray)
         per_actor = max(1, options.cpus_per_actor)

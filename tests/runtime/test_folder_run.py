@@ -186,3 +186,8 @@ def test_ray_missing_and_bad_addresses_are_one_line(tmp_path):
         assert_one_line_error(run_scar("infer", src, "-o", out, "--ray", address, timeout=60),
                               f"cannot reach Ray cluster at {address}")
     assert_one_line_error(run_scar("infer", src, "-o", out, "--ray-actors", "2"), "--ray")
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"not a model")
+    # a bad model is refused before Ray starts, not by every actor dying on it
+    assert_one_line_error(run_scar("infer", src, "-o", out, "--ray", "local", "--model", junk),
+                          "not a loadable ONNX model")
