@@ -21,6 +21,7 @@ import contextlib
 import json
 import logging
 import os
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -65,11 +66,6 @@ def connected(options: RayOptions) -> Iterator[object]:
         return
     quiet = {"log_to_driver": False, "logging_level": logging.ERROR,
              "include_dashboard": False}
-    # Ray's C++ core logs to stderr too: a warning that Ray Data's own actor arguments live in
-    # the object store came with every run (the arguments stay referenced for the whole job).
-    # --verbose keeps it, and a user's own setting wins.
-    if not os.environ.get("SCAR_VERBOSE"):
-        os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
     address = options.address
     if address != "local":
         _check_reachable(address)
@@ -87,6 +83,36 @@ def connected(options: RayOptions) -> Iterator[object]:
         yield ray
     finally:
         ray.shutdown()
+
+
+@contextlib.contextmanager
+def native_stderr_quiet() -> Iterator[None]:
+    """Ray's C++ core writes to file descriptor 2 behind Python's back: with every run, a
+    warning that Ray Data's actor arguments live in the object store (they stay referenced for
+    the whole job) and, where RAY_BACKEND_LOG_LEVEL is set, a line saying so. Those lines go
+    to /dev/null (Ray keeps its own logs under /tmp/ray/session_latest/logs); Python's
+    sys.stderr, where scar-net's own lines go, keeps the real stderr. --verbose keeps them."""
+    if os.environ.get("SCAR_VERBOSE"):
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    old_stderr = sys.stderr
+    encoding = getattr(old_stderr, "encoding", None) or "utf-8"
+    try:
+        with open(saved, "w", closefd=False, encoding=encoding, errors="replace") as real:
+            sys.stderr = real
+            os.dup2(devnull, 2)
+            try:
+                yield
+            finally:
+                real.flush()
+                os.dup2(saved, 2)
+                sys.stderr = old_stderr
+    finally:
+        os.close(saved)
+        os.close(devnull)
 
 
 def _bootstrap_address(address: str) -> str | None:
@@ -202,7 +228,7 @@ def run_on_ray(cases, todo: list[int], settings: CaseSettings, formats: dict,
         from scar_runtime.backends import read_model_metadata
 
         read_model_metadata(model)
-    with connected(options) as ray:
+    with native_stderr_quiet(), connected(options) as ray:
         cpus = cluster_cpus(ray)
         per_actor = max(1, options.cpus_per_actor)
         if cpus < per_actor:

@@ -191,5 +191,7 @@ def test_cli_on_the_running_cluster(ray_session, cohort, local_run, tmp_path):
     assert p.stderr.strip().splitlines()[-1] == "scar: error: 1 of 7 case(s) failed: " \
                                                 "broken.nii.gz"
     assert "5 case(s) already finished" in p.stderr
+    # nothing from Ray's C++ core or its loggers, only scar-net's own lines
+    assert not [ln for ln in p.stderr.splitlines() if ".cc:" in ln or ln.startswith("[")]
     assert (out / "chu_copy_seg.nii.gz").is_file()
     assert _statuses(out)["chu_copy"] == "ok"
