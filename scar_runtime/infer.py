@@ -3,7 +3,9 @@
 A DICOM folder (one study, or a folder of studies, nested or flat) gives one case per study; in
 each, the sagittal MR series is chosen (``scar_runtime.io.dicom``). A folder run goes on past a bad
 case or study, lists the failures at the end and exits non-zero. Every check that can fail fast
-(input readable, outputs free, folder writable) runs before inference.
+(input readable, outputs free, folder writable) runs before inference. A folder run (or a
+manifest) also writes the results table and resumes, here or on Ray (``scar_runtime.folder_run``,
+``scar_runtime.cluster``).
 """
 
 from __future__ import annotations
@@ -141,8 +143,7 @@ def run_infer(input_path: Path, out_dir: Path | None = None, *, model: Path | No
     if single:  # a single case: fail on bad input or outputs before loading a model
         for p in output_paths(out_dir, cases[0].name, formats[cases[0].name]).values():
             check_output_path(p, force=force, inputs=cases[0].sources)
-        if ray is None:
-            first = cases[0].load()
+        first = cases[0].load()  # on Ray only a check: the actor reads it again
     input_paths = [p for c in cases for p in c.sources] + ([input_path] if manifest else [])
     folder_run = manifest or input_path.is_dir()
     if folder_run:  # the table must not be an input (a manifest named results.csv in OUT)
