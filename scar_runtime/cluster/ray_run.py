@@ -241,8 +241,8 @@ def run_on_ray(cases, todo: list[int], settings: CaseSettings, formats: dict,
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
         ctx.print_on_execution_start = False
-        # a case whose every try killed its worker is one lost block (one case): the run goes
-        # on and the case becomes a failed row, below
+        # TryCounter gives up on a case that keeps killing its worker; should Ray itself
+        # give up on a block (one case), the run goes on and the case is a failed row, below
         ctx.max_errored_blocks = -1
         logging.getLogger("ray.data").setLevel(logging.ERROR)
         counter = ray.remote(TryCounter).options(num_cpus=0).remote()
