@@ -8,6 +8,9 @@
 - :func:`thick_slices`: through-plane blur, each input channel the weighted mean of the slices
   around it (a thick-slice acquisition's partial volume), from the real neighbouring slices.
 - :func:`motion_blur`: in-plane motion blur, a line kernel at a random angle.
+- :func:`oblique_slice`: a plane tilted through the volume (an oblique acquisition, a patient
+  lying tilted, scoliosis): going up or down the image it drifts across the sagittal slices, so
+  the top and bottom cut lateral anatomy; labels and distances taken on the same plane.
 
 Every function takes the sample's arrays and returns new ones; the label map changes only where
 the geometry does (the squeeze), so labels always describe the image.
@@ -43,10 +46,13 @@ class StructureAugmentConfig:
     thick_sigma_slices: tuple[float, float] = (0.6, 1.5)
     motion_p: float = 0.15
     motion_length_px: tuple[int, int] = (3, 9)
+    oblique_p: float = 0.0  # see TrainConfig.oblique_slice_p for the training default
+    oblique_deg: float = 10.0  # the plane's tilt through the slices, drawn in +-this
 
     @property
     def active(self) -> bool:
-        return any(p > 0 for p in (self.signal_p, self.collapse_p, self.thick_p, self.motion_p))
+        return any(p > 0 for p in (self.signal_p, self.collapse_p, self.thick_p, self.motion_p,
+                                   self.oblique_p))
 
 
 def dark_reference(x: np.ndarray) -> float:
@@ -117,6 +123,51 @@ def thick_slices(volume: np.ndarray, channels: np.ndarray, sigma_slices: float) 
         idx = np.clip(j + offs, 0, last)
         out.append(np.tensordot(volume[:, :, idx].astype(np.float32), wts, axes=([2], [0])))
     return np.stack(out).astype(np.float32)
+
+
+def oblique_slice(volumes: list[tuple[np.ndarray, int]], slice_index: float, tilt_deg: float,
+                  mm_per_px: float, slice_mm: float) -> list[np.ndarray]:
+    """Each ``(volume (rows, cols, slices), order)`` sampled on one plane: at row r it lies at
+    fractional slice ``slice_index + tan(tilt) (r - rows/2) mm_per_px / slice_mm``, clamped to
+    the volume; order 1 interpolates between the two nearest slices, order 0 takes the nearest
+    (label maps). A plane that leaves the volume repeats its edge slice, as a real field of view
+    ends. Tilt 0 is the slice itself."""
+    rows, _, n = volumes[0][0].shape
+    r = np.arange(rows)
+    z = slice_index + math.tan(math.radians(tilt_deg)) * (r - rows / 2) * mm_per_px / slice_mm
+    z = np.clip(z, 0, n - 1)
+    lo = np.floor(z).astype(int)
+    hi = np.minimum(lo + 1, n - 1)
+    t = (z - lo)[:, None]
+    out = []
+    for vol, order in volumes:
+        if order == 0:
+            out.append(vol[r, :, np.rint(z).astype(int)])
+        else:
+            v = vol.astype(np.float32, copy=False)
+            out.append((v[r, :, lo] * (1 - t) + v[r, :, hi] * t).astype(np.float32))
+    return out
+
+
+def sample_planes(pc, s: int, channels: np.ndarray, cfg: StructureAugmentConfig | None, rng,
+                  mm_per_px: float) -> tuple:
+    """(image (C, rows, cols) float32, labels or None, distance or None) of a PreparedCase at
+    slice ``s`` (channels: its 2.5D slice indices): on an oblique plane (mask cases with more
+    than one slice, probability ``oblique_p``), else thick slices (``thick_p``), else the
+    slices themselves. With ``cfg`` None nothing is drawn from ``rng``."""
+    mask = pc.labels is not None
+    if (cfg is not None and cfg.oblique_p > 0 and mask and pc.image.shape[2] > 1
+            and rng.random() < cfg.oblique_p):
+        plane = dict(tilt_deg=rng.uniform(-cfg.oblique_deg, cfg.oblique_deg),
+                     mm_per_px=mm_per_px, slice_mm=pc.slice_mm)
+        img = np.stack([oblique_slice([(pc.image, 1)], j, **plane)[0] for j in channels])
+        lab, dist = oblique_slice([(pc.labels, 0), (pc.distance, 1)], s, **plane)
+        return img, lab, dist
+    if cfg is not None and cfg.thick_p > 0 and rng.random() < cfg.thick_p:
+        img = thick_slices(pc.image, channels, rng.uniform(*cfg.thick_sigma_slices))
+    else:
+        img = np.moveaxis(pc.image[:, :, channels], 2, 0).astype(np.float32)
+    return img, (pc.labels[:, :, s] if mask else None), (pc.distance[:, :, s] if mask else None)
 
 
 def line_kernel(length_px: int, angle_deg: float) -> np.ndarray:

@@ -49,6 +49,9 @@ def train(
         0.2, help="Augmentation: probability of through-plane (thick-slice) blur."),
     motion_blur_p: float = typer.Option(
         0.15, help="Augmentation: probability of in-plane motion blur (a line kernel)."),
+    oblique_slice_p: float = typer.Option(
+        0.2, help="Augmentation: probability of an oblique plane (tilted +-10 deg through the "
+        "sagittal slices; mask cases)."),
     precision: str = typer.Option(
         "auto", help="fp32, bf16 (CPU autocast, FP32 weights) or auto: bf16 on a CPU with "
         "native BF16 (amx_bf16 or avx512_bf16), else fp32."),
@@ -80,6 +83,7 @@ def train(
                       augment=not no_augment, rotation_deg=rotation_deg,
                       structure_signal_p=structure_signal_p, disc_collapse_p=disc_collapse_p,
                       thick_slice_p=thick_slice_p, motion_blur_p=motion_blur_p,
+                      oblique_slice_p=oblique_slice_p,
                       precision=precision,
                       seed=seed, fold=fold, folds=folds, val_every=val_every,
                       log_every=log_every, ckpt_every=ckpt_every, threads=threads,

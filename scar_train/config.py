@@ -18,7 +18,7 @@ RESUMABLE_FIELDS = {"resume", "max_steps", "val_every", "log_every", "ckpt_every
 # need not be today's default): lets --resume continue such runs.
 ABSENT_MEANS = {"fine_refinement": False, "gap_weight": 0.0, "context_slices": 0,
                 "rotation_deg": 10.0, "structure_signal_p": 0.0, "disc_collapse_p": 0.0,
-                "thick_slice_p": 0.0, "motion_blur_p": 0.0}
+                "thick_slice_p": 0.0, "motion_blur_p": 0.0, "oblique_slice_p": 0.0}
 
 PRECISIONS = ("auto", "fp32", "bf16")
 
@@ -54,6 +54,7 @@ class TrainConfig:
     disc_collapse_p: float = 0.15
     thick_slice_p: float = 0.2
     motion_blur_p: float = 0.15
+    oblique_slice_p: float = 0.2  # a plane tilted +-10 deg through the slices (mask cases)
     precision: str = "auto"  # fp32, bf16 (CPU autocast) or auto (train.resolve_precision)
     seed: int = 0
     fold: int | None = None
@@ -85,7 +86,8 @@ class TrainConfig:
             raise ConfigError(f"--context-slices must be in 0..3, not {self.context_slices}")
         if not 0 <= self.rotation_deg <= 180:
             raise ConfigError(f"--rotation-deg must be in 0..180, not {self.rotation_deg}")
-        for k in ("structure_signal_p", "disc_collapse_p", "thick_slice_p", "motion_blur_p"):
+        for k in ("structure_signal_p", "disc_collapse_p", "thick_slice_p", "motion_blur_p",
+                  "oblique_slice_p"):
             if not 0 <= getattr(self, k) <= 1:
                 raise ConfigError(f"--{k.replace('_', '-')} must be in 0..1, not "
                                   f"{getattr(self, k)}")

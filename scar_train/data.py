@@ -33,7 +33,7 @@ from scar_train.augment_structures import (
     StructureAugmentConfig,
     augment_structures,
     maybe_motion_blur,
-    thick_slices,
+    sample_planes,
 )
 
 HEATMAP_STRIDE = 4
@@ -57,6 +57,7 @@ class PreparedCase:
     background: float = 0.0  # darkest normalised value: what padding and air look like
     # mask cases: mm to the nearest labelled structure, same grid as image (float16)
     distance: np.ndarray | None = None
+    slice_mm: float = 1.0  # slice spacing (the oblique-plane augmentation's tilt needs it)
 
     @property
     def is_weak(self) -> bool:
@@ -128,7 +129,8 @@ def prepare_case(case: Case, cfg: PreprocessConfig) -> PreparedCase:
     return PreparedCase(case=case, image=image.astype(np.float16), labels=labels, keypoints=kps,
                         labelled_classes=case.labelled_classes,
                         labelled_keypoints=case.labelled_keypoints, fg_slices=fg,
-                        background=float(image.min()), distance=distance)
+                        background=float(image.min()), distance=distance,
+                        slice_mm=float(vol.spacing[2]))
 
 
 @dataclass(frozen=True)
@@ -291,11 +293,9 @@ class SliceSampler:
         k = self.context_slices
         channels = context_indices(np.array([s]), k, pc.image.shape[2])[0]
         st = self.augment.structures if self.augment.enabled else None
-        if st is not None and st.thick_p > 0 and rng.random() < st.thick_p:
-            img = thick_slices(pc.image, channels, rng.uniform(*st.thick_sigma_slices))
-        else:
-            img = np.moveaxis(pc.image[:, :, channels], 2, 0).astype(np.float32)  # (C, rows, cols)
-        lab = pc.labels[:, :, s] if pc.labels is not None else None
+        # (C, rows, cols) image, the label and distance slices: the slice's own, or a thick or
+        # oblique one (augment_structures.sample_planes)
+        img, lab, dist_src = sample_planes(pc, s, channels, st, rng, self.spacing_mm)
         # crop centre: near a labelled structure of this slice, else anywhere
         centre = np.array([rng.uniform(0, img.shape[1]), rng.uniform(0, img.shape[2])])
         if lab is not None:
@@ -316,7 +316,7 @@ class SliceSampler:
         if lab is not None:
             y = ndimage.affine_transform(lab, A, offset=offset, output_shape=(h, w), order=0,
                                          mode="constant", cval=0, prefilter=False)
-            dist = ndimage.affine_transform(pc.distance[:, :, s].astype(np.float32), A,
+            dist = ndimage.affine_transform(dist_src.astype(np.float32), A,
                                             offset=offset, output_shape=(h, w), order=1,
                                             mode="constant", cval=DISTANCE_CLIP_MM,
                                             prefilter=False)

@@ -93,7 +93,7 @@ def resolve_precision(name: str, device: torch.device, flags: set[str] | None = 
 def structure_augment(cfg: TrainConfig) -> StructureAugmentConfig:
     return StructureAugmentConfig(signal_p=cfg.structure_signal_p,
                                   collapse_p=cfg.disc_collapse_p, thick_p=cfg.thick_slice_p,
-                                  motion_p=cfg.motion_blur_p)
+                                  motion_p=cfg.motion_blur_p, oblique_p=cfg.oblique_slice_p)
 
 
 def split_for_run(cases: list[Case], cfg: TrainConfig) -> tuple[list[Case], list[Case]]:

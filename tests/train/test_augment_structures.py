@@ -20,6 +20,7 @@ from scar_train.augment_structures import (
     augment_structures,
     dark_reference,
     motion_blur,
+    oblique_slice,
     scale_structure,
     squeeze_structure,
     thick_slices,
@@ -29,7 +30,7 @@ from scar_train.data import AugmentConfig, SliceSampler, prepare_case
 pytestmark = pytest.mark.xdist_group("augment_structures")
 
 PRE = replace(PreprocessConfig(), context_slices=1)
-OFF = StructureAugmentConfig(signal_p=0, collapse_p=0, thick_p=0, motion_p=0)
+OFF = StructureAugmentConfig(signal_p=0, collapse_p=0, thick_p=0, motion_p=0, oblique_p=0)
 
 
 @pytest.fixture(scope="module")
@@ -145,7 +146,7 @@ def test_probability_zero_is_the_identity_and_draws_nothing(slice_):
 def test_the_sampler_with_the_augmentations_keeps_labels_on_the_image(spider):
     """Through the sampler (p = 1 each): every label map is still a SPIDER label set and its
     key-point targets sit on the (possibly squeezed) structures."""
-    cfg = StructureAugmentConfig(signal_p=1, collapse_p=1, thick_p=1, motion_p=1)
+    cfg = StructureAugmentConfig(signal_p=1, collapse_p=1, thick_p=1, motion_p=1, oblique_p=0.5)
     s = SliceSampler([spider], crop=(160, 160), batch_size=4, weak_per_batch=0, seed=2,
                      augment=AugmentConfig(structures=cfg), context_slices=1)
     checked = 0
@@ -171,3 +172,32 @@ def test_the_sampler_with_the_augmentations_keeps_labels_on_the_image(spider):
                      augment=AugmentConfig(structures=OFF), context_slices=1).next_batch()
     np.testing.assert_array_equal(a.image, z.image)
     np.testing.assert_array_equal(a.labels, z.labels)
+
+
+def test_an_oblique_plane_drifts_across_the_slices_and_takes_its_labels_along(spider):
+    s = spider.image.shape[2] // 2
+    vols = [(spider.image, 1), (spider.labels, 0), (spider.distance, 1)]
+    flat = oblique_slice(vols, s, 0.0, 1.0, spider.slice_mm)
+    np.testing.assert_array_equal(flat[1], spider.labels[:, :, s])
+    np.testing.assert_allclose(flat[0], spider.image[:, :, s].astype(np.float32))
+    img, lab, dist = oblique_slice(vols, s, 10.0, 1.0, spider.slice_mm)
+    rows = spider.image.shape[0]
+    assert img.shape == lab.shape == dist.shape == spider.image.shape[:2]
+    assert lab.dtype == spider.labels.dtype
+    # the middle row is still slice s; far rows come from other slices (the plane drifts by
+    # tan(10 deg) * 1 mm / slice spacing per row), clamped to the volume
+    np.testing.assert_array_equal(lab[rows // 2], spider.labels[rows // 2, :, s])
+    z_top = s + np.tan(np.radians(10.0)) * (0 - rows / 2) / spider.slice_mm
+    top = int(np.clip(np.rint(z_top), 0, spider.image.shape[2] - 1))
+    assert top != s
+    np.testing.assert_array_equal(lab[0], spider.labels[0, :, top])
+    # every label comes from the volume's own label map at the same voxel as the image's
+    for r in (10, rows // 3, rows - 10):
+        z = float(np.clip(s + np.tan(np.radians(10.0)) * (r - rows / 2) / spider.slice_mm, 0,
+                          spider.image.shape[2] - 1))
+        np.testing.assert_array_equal(lab[r], spider.labels[r, :, int(np.rint(z))])
+        lo = int(np.floor(z))
+        hi = min(lo + 1, spider.image.shape[2] - 1)
+        t = z - lo
+        want = spider.image[r, :, lo].astype(np.float32) * (1 - t) + spider.image[r, :, hi] * t
+        np.testing.assert_allclose(img[r], want, rtol=1e-5, atol=1e-4)

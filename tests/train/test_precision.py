@@ -35,18 +35,20 @@ def test_auto_is_bf16_only_where_the_cpu_computes_bf16_natively():
 def test_resume_of_a_run_saved_before_the_hard_case_augmentations_means_them_off():
     now = TrainConfig(data="d.json", out="r", resume=True)
     new = ("structure_signal_p", "disc_collapse_p", "thick_slice_p", "motion_blur_p",
-           "precision")
+           "oblique_slice_p", "precision")
     saved = {k: v for k, v in now.to_dict().items() if k not in new}
     # new runs have them on, so the old run's --resume must say they are off...
     with pytest.raises(ConfigError, match="structure_signal_p=0.0, not 0.3"):
         now.check_resumable_from(saved)
     off = TrainConfig(data="d.json", out="r", resume=True, structure_signal_p=0,
-                      disc_collapse_p=0, thick_slice_p=0, motion_blur_p=0, precision="bf16")
+                      disc_collapse_p=0, thick_slice_p=0, motion_blur_p=0, oblique_slice_p=0,
+                      precision="bf16")
     off.check_resumable_from(saved)  # ...and precision may change on resume (another CPU)
     with pytest.raises(ConfigError, match="--thick-slice-p"):
         TrainConfig(data="d", out="o", thick_slice_p=1.5)
     a = structure_augment(TrainConfig(data="d", out="o"))
-    assert (a.signal_p, a.collapse_p, a.thick_p, a.motion_p) == (0.3, 0.15, 0.2, 0.15)
+    assert (a.signal_p, a.collapse_p, a.thick_p, a.motion_p, a.oblique_p) == (0.3, 0.15, 0.2,
+                                                                             0.15, 0.2)
 
 
 def test_bf16_training_steps_stay_finite_and_close_to_fp32(tmp_path):
