@@ -153,7 +153,7 @@ def run_infer(input_path: Path, out_dir: Path | None = None, *, model: Path | No
     identity = ModelIdentity.of(model_path)
     algorithm = None
     if any("dicom-seg" in f for f in formats.values()):
-        from scar_runtime.dicom_seg import AlgorithmInfo
+        from scar_runtime.io.dicom_seg import AlgorithmInfo
 
         algorithm = AlgorithmInfo(model_name=identity.name, model_sha256=identity.sha256)
     settings = CaseSettings(out_dir=out_dir, model=identity, force=force,

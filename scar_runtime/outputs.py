@@ -26,7 +26,7 @@ from scar_runtime.io import dicom_source, nifti_stem
 from scar_runtime.segmenter import SegmentationResult
 
 if TYPE_CHECKING:
-    from scar_runtime.dicom_seg import AlgorithmInfo
+    from scar_runtime.io.dicom_seg import AlgorithmInfo
 
 
 # --format: which segmentation files to write. "auto": NIfTI for NIfTI input, both for DICOM.
@@ -159,7 +159,7 @@ def write_case(result: SegmentationResult, out_dir: Path, *, name: str | None = 
     if "seg" in paths:
         files[paths["seg"]] = nifti_gz_bytes(result.to_nifti())
     if "dicom_seg" in paths:
-        from scar_runtime.dicom_seg import segmentation_bytes
+        from scar_runtime.io.dicom_seg import segmentation_bytes
 
         if algorithm is None:
             raise ConfigError("a DICOM-SEG needs the model's identity (AlgorithmInfo)")

@@ -26,9 +26,9 @@ from scar_runtime.folder_run.table import failed_row, row_from_stats
 from scar_runtime.outputs import output_paths, write_case
 
 if TYPE_CHECKING:
-    from scar_runtime.dicom_seg import AlgorithmInfo
     from scar_runtime.infer import CaseInput
     from scar_runtime.io import Volume
+    from scar_runtime.io.dicom_seg import AlgorithmInfo
     from scar_runtime.segmenter import Segmenter
 
 

@@ -22,9 +22,9 @@ from dicom_series import seg_in_world  # noqa: E402
 
 from scar_runtime import __version__  # noqa: E402
 from scar_runtime import labels as L  # noqa: E402
-from scar_runtime.dicom_seg import AlgorithmInfo, make_segmentation, segment_label  # noqa: E402
 from scar_runtime.errors import ConfigError  # noqa: E402
 from scar_runtime.io import dicom_source, load_volume  # noqa: E402
+from scar_runtime.io.dicom_seg import AlgorithmInfo, make_segmentation, segment_label  # noqa: E402
 from scar_runtime.outputs import write_case  # noqa: E402
 from scar_runtime.segmenter import SegmentationResult, default_model_path  # noqa: E402
 

@@ -1,4 +1,4 @@
-"""Writing a result as a DICOM Segmentation (DICOM-SEG) that references its source series.
+"""The DICOM-SEG writer: a result as a DICOM Segmentation that references its source series.
 
 highdicom builds the object; this module only says what goes in it: one binary segment per
 structure the network found, coded with the DICOM standard's anatomy codes (CID 7602 "Vertebral
@@ -125,8 +125,14 @@ def make_segmentation(result, algorithm: AlgorithmInfo):
     lut = np.zeros(int(labels.max()) + 1, np.uint8)
     for number, v in enumerate(present, start=1):
         lut[v] = number
-    frames = np.ascontiguousarray(lut[labels].transpose(2, 1, 0))  # (slice, row, column)
-    first = source.datasets[0]
+    frames = lut[labels].transpose(2, 1, 0)  # (slice, row, column)
+    if source.frame_numbers is not None:  # enhanced MR: the SEG's frames in the source's order
+        frames = frames[np.argsort(source.frame_numbers)]
+    frames = np.ascontiguousarray(frames)
+    # the bounded, normalised stand-ins made when the series was read (io/dicom/seg_source.py),
+    # never the source headers themselves
+    images = source.seg.headers
+    first = images[0]
     series_uid = _uid(source.series_instance_uid, algorithm.model_sha256, algorithm.version)
     try:
         number = int(getattr(first, "SeriesNumber", 0) or 0) + SERIES_NUMBER_OFFSET
@@ -134,7 +140,7 @@ def make_segmentation(result, algorithm: AlgorithmInfo):
         number = SERIES_NUMBER_OFFSET
     try:
         return hd.seg.Segmentation(
-            source_images=source.datasets, pixel_array=frames,
+            source_images=images, pixel_array=frames,
             segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
             segment_descriptions=_segment_descriptions(hd, structures, algorithm, series_uid),
             series_instance_uid=series_uid, series_number=number,
@@ -144,7 +150,7 @@ def make_segmentation(result, algorithm: AlgorithmInfo):
             device_serial_number=algorithm.model_sha256[:64], content_label=CONTENT_LABEL,
             content_description="Lumbar vertebral bodies and intervertebral discs",
             series_description="scar-net segmentation")
-    except (ValueError, TypeError, AttributeError, KeyError, IndexError) as e:
+    except (ValueError, TypeError, AttributeError, KeyError, IndexError, RecursionError) as e:
         raise OutputError(f"cannot make a DICOM-SEG for {source.series_instance_uid}: "
                           f"{type(e).__name__}: {e}") from e
 
