@@ -1,16 +1,15 @@
-"""``scar infer``: one NIfTI file, a folder of them, or a DICOM folder -> results in OUT_DIR.
+"""``scar infer``: one NIfTI file, or a folder of NIfTI files and DICOM studies -> OUT_DIR.
 
-A DICOM folder (one study, or a folder of studies, nested or flat) gives one case per study; in
-each, the sagittal MR series is chosen (``scar_runtime.io.dicom``). A folder run goes on past a bad
-case or study, lists the failures at the end and exits non-zero. Every check that can fail fast
-(input readable, outputs free, folder writable) runs before inference. A folder run (or a
-manifest) also writes the results table and resumes, here or on Ray (``scar_runtime.folder_run``,
-``scar_runtime.cluster``).
+A folder gives one case per NIfTI file and one per DICOM study, at its top or nested, both kinds
+in one folder too; in each study the sagittal MR series is chosen (``scar_runtime.io.dicom``).
+A folder run goes on past a bad case or study, lists the failures at the end and exits non-zero.
+Every check that can fail fast (input readable, outputs free, folder writable) runs before
+inference. A folder run (or a manifest) also writes the results table and resumes, here or on
+Ray (``scar_runtime.folder_run``, ``scar_runtime.cluster``).
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -19,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from rich.console import Console
 
-from scar_runtime.atomic import InputSet, check_output_path
+from scar_runtime.atomic import InputSet, check_output_path, signals_raise
 from scar_runtime.errors import ConfigError, InputFileError, Interrupted, ScarError
 from scar_runtime.folder_run.case import (
     CaseOutcome,
@@ -31,16 +30,13 @@ from scar_runtime.folder_run.case import (
 from scar_runtime.folder_run.manifest import is_manifest, manifest_cases
 from scar_runtime.folder_run.resume import ModelIdentity, resolve_model
 from scar_runtime.folder_run.table import table_paths, write_table
-from scar_runtime.io import Volume, is_nifti_path, is_scar_output, load_volume, nifti_stem
-from scar_runtime.outputs import check_out_dir, output_paths, resolve_formats
+from scar_runtime.io import Volume, load_volume, nifti_stem
+from scar_runtime.outputs import check_out_dir, output_set, resolve_formats
 from scar_runtime.postprocess import PostprocessConfig
 from scar_runtime.segmenter import DEFAULT_BATCH, Segmenter
 
 if TYPE_CHECKING:
     from scar_runtime.cluster.ray_run import RayOptions
-
-_OUTPUT_NAME = re.compile(r".*_seg$")
-
 
 @dataclass
 class InferSummary:
@@ -54,20 +50,18 @@ class InferSummary:
 
 
 def find_inputs(path: Path) -> list[Path]:
-    """The NIfTI files of a folder, in one pass (linear in the folder's size). Entries that are
-    named like volumes but cannot be read (broken or looping links, FIFOs, devices) are kept, so
-    that the run lists them as failed instead of skipping them silently."""
+    """The NIfTI files of a folder, below it too (one walk, linear in the folder's size).
+    Entries that are named like volumes but cannot be read (broken or looping links, FIFOs,
+    devices) are kept, so that the run lists them as failed instead of skipping them silently.
+    scar-net's own earlier outputs (a label map whose header says scar-net wrote it) are never
+    inputs: a reference mask ``x_seg`` beside ``x`` is an input like any other."""
     if not path.exists() and not path.is_symlink():
         raise InputFileError(f"{path}: no such file or folder")
     if not path.is_dir():
         return [path]
-    files = sorted(p for p in path.iterdir() if is_nifti_path(p) and not p.is_dir())
-    stems = {nifti_stem(p) for p in files}
-    # Skip our own outputs of an earlier run into this folder (x_seg next to x), recognised by
-    # the header scar-net writes: a reference mask x_seg beside x is an input like any other,
-    # never dropped, and never written over (inputs are never outputs).
-    files = [p for p in files if not (_OUTPUT_NAME.match(nifti_stem(p))
-                                      and nifti_stem(p)[:-4] in stems and is_scar_output(p))]
+    from scar_runtime.io.dicom.scan import scan_folder
+
+    files = scan_folder(path).nifti
     if not files:
         raise InputFileError(f"{path}: no .nii or .nii.gz files in this folder")
     return files
@@ -88,23 +82,43 @@ def _failing(error: ScarError) -> Volume:
     raise error
 
 
+def _nifti_case(p: Path, root: Path | None) -> CaseInput:
+    """A NIfTI file; below the folder's top its name carries its folders (as a study's does),
+    so ``a/T2w.nii.gz`` and ``b/T2w.nii.gz`` do not collide."""
+    rel = p.parent.relative_to(root).parts if root is not None else ()
+    name = "_".join((*rel, nifti_stem(p)))
+    label = str(p.relative_to(root)) if root is not None else p.name
+    return CaseInput(name=name, label=label, sources=(p,), dicom=False,
+                     load=partial(load_volume, p))
+
+
 def find_cases(path: Path, series_uid: str | None = None) -> list[CaseInput]:
-    """NIfTI files (a file or a folder of them), else the studies of a DICOM folder."""
-    if path.is_dir() and not any(is_nifti_path(p) and p.is_file() for p in path.iterdir()):
-        return _dicom_cases(path, series_uid)
-    if series_uid:
-        raise ConfigError("--series chooses a series of a DICOM folder; INPUT is NIfTI")
-    return [CaseInput(name=nifti_stem(p), label=p.name, sources=(p,), dicom=False,
-                      load=partial(load_volume, p)) for p in find_inputs(path)]
-
-
-def _dicom_cases(path: Path, series_uid: str | None) -> list[CaseInput]:
-    from scar_runtime.io.dicom import describe_empty, find_series, scan_folder, study_volume
+    """A NIfTI file, or every case of a folder: its NIfTI files and its DICOM studies, at the
+    top or nested, in one walk (a folder may hold both)."""
+    if not path.exists() and not path.is_symlink():
+        raise InputFileError(f"{path}: no such file or folder")
+    if not path.is_dir():
+        if series_uid:
+            raise ConfigError("--series chooses a series of a DICOM folder; INPUT is NIfTI")
+        return [_nifti_case(path, None)]
+    from scar_runtime.io.dicom.scan import describe_empty, scan_folder
 
     scan = scan_folder(path)
-    studies = [find_series(scan, series_uid)] if series_uid else scan.studies
-    if not studies:
+    if series_uid:
+        if not scan.studies and scan.nifti:
+            raise ConfigError("--series chooses a series of a DICOM folder; INPUT holds NIfTI "
+                              "files only")
+        return _dicom_cases(path, scan, series_uid)
+    cases = [_nifti_case(p, path) for p in scan.nifti] + _dicom_cases(path, scan, None)
+    if not cases:
         raise InputFileError(describe_empty(scan))
+    return cases
+
+
+def _dicom_cases(path: Path, scan, series_uid: str | None) -> list[CaseInput]:
+    from scar_runtime.io.dicom import find_series, study_volume
+
+    studies = [find_series(scan, series_uid)] if series_uid else scan.studies
     cases = [CaseInput(name=st.name, label=st.name, sources=tuple(st.files), dicom=True,
                        load=partial(study_volume, st, series_uid)) for st in studies]
     if not series_uid:  # unreadable files beside no readable study: a bad study too
@@ -115,11 +129,18 @@ def _dicom_cases(path: Path, series_uid: str | None) -> list[CaseInput]:
     return cases
 
 
-def run_infer(input_path: Path, out_dir: Path | None = None, *, model: Path | None = None,
-              backend: str = "auto", device: str = "auto", batch: int = DEFAULT_BATCH,
-              force: bool = False, console: Console | None = None, fmt: str = "auto",
-              series_uid: str | None = None, precision: str = "auto",
-              straighten: bool = True, ray: RayOptions | None = None) -> InferSummary:
+def run_infer(input_path: Path, out_dir: Path | None = None, **options) -> InferSummary:
+    """``_run_infer`` with SIGTERM and SIGHUP stopping the run as Ctrl-C does (a job scheduler's
+    kill ends it with one line saying what was finished, not a silent -15)."""
+    with signals_raise():
+        return _run_infer(input_path, out_dir, **options)
+
+
+def _run_infer(input_path: Path, out_dir: Path | None = None, *, model: Path | None = None,
+               backend: str = "auto", device: str = "auto", batch: int = DEFAULT_BATCH,
+               force: bool = False, console: Console | None = None, fmt: str = "auto",
+               series_uid: str | None = None, precision: str = "auto",
+               straighten: bool = True, ray: RayOptions | None = None) -> InferSummary:
     """``fmt``: nifti, dicom-seg, both or auto (NIfTI for NIfTI input, both for DICOM).
     ``straighten``: segment a tilted spine again rotated upright (straighten.py).
     ``ray``: run the cases on a Ray cluster (cluster/ray_run.py) instead of in this process.
@@ -141,7 +162,7 @@ def run_infer(input_path: Path, out_dir: Path | None = None, *, model: Path | No
     single = len(cases) == 1
     first = None
     if single:  # a single case: fail on bad input or outputs before loading a model
-        for p in output_paths(out_dir, cases[0].name, formats[cases[0].name]).values():
+        for p in output_set(out_dir, cases[0].name).values():  # also files it will not write
             check_output_path(p, force=force, inputs=cases[0].sources)
         first = cases[0].load()  # on Ray only a check: the actor reads it again
     input_paths = [p for c in cases for p in c.sources] + ([input_path] if manifest else [])
@@ -183,8 +204,9 @@ def run_infer(input_path: Path, out_dir: Path | None = None, *, model: Path | No
             _run_local(cases, todo, settings, formats, segmenter, InputSet(input_paths),
                        first, console, record)
     except KeyboardInterrupt as e:
+        why = f"{e}, " if str(e) else ""  # "terminated by SIGTERM"; Ctrl-C says nothing
         raise Interrupted(
-            f"after {len(outcomes)} of {len(cases)} case(s); the outputs of finished "
+            f"{why}after {len(outcomes)} of {len(cases)} case(s); the outputs of finished "
             "cases are complete, the case in progress wrote nothing") from e
     if single and outcomes[0].status == "failed":
         raise outcomes[0].error or ScarError(outcomes[0].row["error"])  # Ray: only its words

@@ -20,7 +20,7 @@ import nibabel as nib
 
 from scar_runtime import __version__
 from scar_runtime import labels as L
-from scar_runtime.atomic import InputSet, write_files_atomic
+from scar_runtime.atomic import InputSet, check_output_path, write_files_atomic
 from scar_runtime.errors import ConfigError, OutputError
 from scar_runtime.io import dicom_source, nifti_stem
 from scar_runtime.segmenter import SegmentationResult
@@ -54,6 +54,13 @@ def output_paths(out_dir: Path, name: str,
     return {**paths, "keypoints": out_dir / f"{name}_keypoints.json",
             "stats": out_dir / f"{name}_stats.json",
             "preview": out_dir / f"{name}_preview.png"}
+
+
+def output_set(out_dir: Path, name: str) -> dict[str, Path]:
+    """Every file a case named ``name`` may have, whatever this run's formats: what --force
+    replaces and what all-or-nothing covers (a stale DICOM-SEG of an earlier run of another
+    patient under the same name must not survive beside this run's stats)."""
+    return output_paths(out_dir, name, SEG_FORMATS["both"])
 
 
 def check_out_dir(out_dir: Path) -> None:
@@ -179,7 +186,34 @@ def write_case(result: SegmentationResult, out_dir: Path, *, name: str | None = 
             inputs.add(Path(f))
     label_map = _label_map_file(out_dir)
     files.update(label_map)
-    return write_files_atomic(files, force=force, inputs=inputs, replace=label_map)
+    stale = [p for p in output_set(out_dir, name).values()
+             if p not in files and (p.exists() or p.is_symlink())]
+    for p in stale:  # refused like any output: an input, or there without --force
+        check_output_path(p, force=force, inputs=inputs)
+    with _set_aside(stale):
+        return write_files_atomic(files, force=force, inputs=inputs, replace=label_map)
+
+
+@contextlib.contextmanager
+def _set_aside(stale: list[Path]):
+    """Files of the case's set that this run does not write: moved to hidden names while the new
+    set is written, removed when it is complete, put back if it is not (all or nothing covers
+    the whole set). Hidden names are never inputs of a later scan."""
+    moved: list[tuple[Path, Path]] = []
+    try:
+        for p in stale:
+            hidden = p.with_name(f".{p.name}.{os.getpid()}.stale")
+            os.replace(p, hidden)
+            moved.append((p, hidden))
+        yield
+    except BaseException:
+        for p, hidden in moved:
+            with contextlib.suppress(OSError):
+                os.replace(hidden, p)
+        raise
+    for _, hidden in moved:
+        with contextlib.suppress(OSError):
+            hidden.unlink()
 
 
 def _label_map_file(out_dir: Path) -> dict[Path, bytes]:

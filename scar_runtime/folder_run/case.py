@@ -23,7 +23,7 @@ from scar_runtime.folder_run.resume import (
     read_stats,
 )
 from scar_runtime.folder_run.table import failed_row, row_from_stats
-from scar_runtime.outputs import output_paths, write_case
+from scar_runtime.outputs import output_paths, output_set, write_case
 
 if TYPE_CHECKING:
     from scar_runtime.infer import CaseInput
@@ -124,8 +124,9 @@ def run_case(case: CaseInput, seg: Segmenter, settings: CaseSettings, formats: t
         if kept is not None:  # a Ray task retried after its actor died having finished it
             return kept
         paths = output_paths(settings.out_dir, case.name, formats)
-        replace = _replace_flag(paths, settings)
-        for p in paths.values():
+        every = output_set(settings.out_dir, case.name)  # also files this run does not write
+        replace = _replace_flag(every, settings)
+        for p in every.values():
             check_output_path(p, force=replace, inputs=inputs)
         result = seg.segment(volume if volume is not None else case.load())
         run_info = {"model": settings.model.to_json(),

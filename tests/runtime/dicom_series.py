@@ -19,6 +19,7 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
+    EnhancedMRImageStorage,
     ExplicitVRLittleEndian,
     JPEG2000Lossless,
     MRImageStorage,
@@ -140,6 +141,104 @@ def write_series(img: nib.Nifti1Image | Path | str, folder: Path,
         ds.save_as(sub / name, enforce_file_format=True)
         paths.append(sub / name)
     return paths
+
+
+def edit_series(folder: Path, change) -> None:
+    """Apply ``change(ds)`` to every file of a series, as an archive or a tool would."""
+    for f in sorted(p for p in folder.rglob("*") if p.is_file()):
+        ds = pydicom.dcmread(f)
+        change(ds)
+        ds.save_as(f, enforce_file_format=True)
+
+
+def deep_sequence(depth: int) -> bytes:
+    """An OtherPatientIDsSequence (0010,1002) nested ``depth`` levels, explicit VR little
+    endian, defined lengths (as pydicom writes them): built as bytes from the inside out, since
+    pydicom's writer recurses per level."""
+    import struct
+
+    inner = b""
+    for _ in range(depth):
+        item = b"\xfe\xff\x00\xe0" + struct.pack("<I", len(inner)) + inner
+        inner = b"\x10\x00\x02\x10SQ\x00\x00" + struct.pack("<I", len(item)) + item
+    return inner
+
+
+def nest_patient_sequence(folder: Path, depth: int) -> None:
+    """Every file of an explicit-VR series gets a ``depth``-level sequence in its Patient
+    module (where de-identification and RIS tools put other IDs)."""
+    marker = b"\x10\x00\x02\x10SQ\x00\x00\x00\x00\x00\x00"  # an empty (0010,1002)
+    for f in sorted(p for p in folder.rglob("*") if p.is_file()):
+        ds = pydicom.dcmread(f)
+        ds.OtherPatientIDsSequence = []
+        ds.save_as(f, enforce_file_format=True)
+        raw = f.read_bytes()
+        assert raw.count(marker) == 1
+        f.write_bytes(raw.replace(marker, deep_sequence(depth)))
+
+
+def write_localizer(img: nib.Nifti1Image | Path | str, folder: Path, study_uid: str) -> None:
+    """A 3-plane localizer of ``img``'s study: 3 sagittal, 3 coronal and 3 axial images in one
+    series (the first sagittal), ImageType LOCALIZER, as scanners make before the real scans."""
+    if not isinstance(img, nib.Nifti1Image):
+        img = nib.load(str(img))
+    series, n = generate_uid(), 0
+    for codes in (("P", "I", "L"), ("L", "I", "P"), ("L", "P", "I")):
+        ds_all = series_datasets(img, SeriesSpec(axcodes=codes, study_uid=study_uid,
+                                                 series_uid=series, series_number=1,
+                                                 description="3-plane loc"))
+        mid = len(ds_all) // 2
+        for ds in ds_all[mid - 1: mid + 2]:
+            ds.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
+            ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+            ds.InstanceNumber = n = n + 1
+            folder.mkdir(parents=True, exist_ok=True)
+            ds.save_as(folder / f"LOC{n:02d}", enforce_file_format=True)
+
+
+def write_enhanced(img: nib.Nifti1Image | Path | str, path: Path,
+                   spec: SeriesSpec | None = None, frame_order: list[int] | None = None):
+    """The series as ONE Enhanced MR Image Storage file (PS3.3 A.36.2): the frames' geometry in
+    the per-frame (position) and shared (orientation, pixel measures) functional groups; the
+    frames stored in ``frame_order`` (default: reversed, so order must come from geometry)."""
+    if not isinstance(img, nib.Nifti1Image):
+        img = nib.load(str(img))
+    slices = series_datasets(img, spec or SeriesSpec())
+    order = frame_order if frame_order is not None else list(range(len(slices)))[::-1]
+    first = slices[0]
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = EnhancedMRImageStorage
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    for kw in ("SpecificCharacterSet", "PatientName", "PatientID", "PatientBirthDate",
+               "PatientSex", "StudyInstanceUID", "StudyDate", "StudyTime",
+               "ReferringPhysicianName", "StudyID", "AccessionNumber", "Modality",
+               "SeriesInstanceUID", "SeriesNumber", "SeriesDescription", "FrameOfReferenceUID",
+               "PositionReferenceIndicator", "Manufacturer", "SamplesPerPixel",
+               "PhotometricInterpretation", "Rows", "Columns", "BitsAllocated", "BitsStored",
+               "HighBit", "PixelRepresentation"):
+        setattr(ds, kw, getattr(first, kw))
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "NONE"]
+    ds.InstanceNumber, ds.NumberOfFrames = 1, len(order)
+    ds.ContentDate, ds.ContentTime = "20200101", "120000"
+    measures, orient = Dataset(), Dataset()
+    measures.PixelSpacing, measures.SliceThickness = first.PixelSpacing, first.SliceThickness
+    orient.ImageOrientationPatient = first.ImageOrientationPatient
+    shared = Dataset()
+    shared.PixelMeasuresSequence, shared.PlaneOrientationSequence = [measures], [orient]
+    ds.SharedFunctionalGroupsSequence = [shared]
+    frames = []
+    for k in order:
+        pos, item = Dataset(), Dataset()
+        pos.ImagePositionPatient = slices[k].ImagePositionPatient
+        item.PlanePositionSequence = [pos]
+        frames.append(item)
+    ds.PerFrameFunctionalGroupsSequence = frames
+    ds.PixelData = b"".join(slices[k].PixelData for k in order)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return ds
 
 
 def seg_in_world(seg, into: nib.Nifti1Image) -> np.ndarray:

@@ -109,7 +109,8 @@ def enhanced_volume(series: DicomSeries, *, name: str, path: Path | None) -> Vol
         order, step = stack_order(pos, iop, [f"frame {i + 1}" for i in range(n)], f,
                                   float(thick[0]) if thick is not None else None)
         seg = seg_source_enhanced(ds, iop=iop, ps=ps, positions=pos, step_mm=step,
-                                  series_uid=series.uid)
+                                  series_uid=series.uid,
+                                  thickness=float(thick[0]) if thick is not None else None)
         pixels = read_pixels(f, ds, frames=n, rescale=False)
     if n == 1:
         pixels = pixels[None]

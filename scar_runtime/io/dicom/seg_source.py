@@ -130,7 +130,8 @@ def _charset_note(ds, notes: list[str]) -> None:
                      "(read as pydicom guessed); the DICOM-SEG is written in UTF-8 (ISO_IR 192)")
 
 
-def _common(first, *, step_mm: float, series_uid: str, notes: list[str]) -> dict:
+def _common(first, *, step_mm: float, series_uid: str, notes: list[str],
+            thickness=None) -> dict:
     """The attributes every stand-in shares: patient, study, frame of reference, thickness."""
     _charset_note(first, notes)
     common = patient_and_study(first, notes)
@@ -147,9 +148,11 @@ def _common(first, *, step_mm: float, series_uid: str, notes: list[str]) -> dict
         notes.append("FrameOfReferenceUID absent in the source: the DICOM-SEG names the frame of"
                      f" reference {frame} (derived from the series UID)")
     common["FrameOfReferenceUID"] = frame
-    thickness = attr(first, "SliceThickness")
+    thickness = attr(first, "SliceThickness") if thickness is None else thickness
     if not thickness or _positive(thickness) is None:
-        thickness = f"{step_mm:.6g}"
+        from pydicom.valuerep import format_number_as_ds
+
+        thickness = format_number_as_ds(float(step_mm))
         notes.append("SliceThickness absent or invalid in the source: the slice spacing "
                      f"{thickness} mm is used in the DICOM-SEG")
     common["SliceThickness"] = thickness
@@ -182,20 +185,23 @@ def seg_source(headers: list, *, step_mm: float, series_uid: str) -> SegSource:
                      frame_of_reference_uid=common["FrameOfReferenceUID"])
 
 
-def seg_source_enhanced(ds, *, iop, ps, positions, step_mm: float,
-                        series_uid: str) -> SegSource:
+def seg_source_enhanced(ds, *, iop, ps, positions, step_mm: float, series_uid: str,
+                        thickness: float | None) -> SegSource:
     """A stand-in enhanced MR image: its frames' geometry as functional groups, nothing else."""
+    from pydicom.valuerep import format_number_as_ds as ds_text
+
     notes: list[str] = []
-    common = _common(ds, step_mm=step_mm, series_uid=series_uid, notes=notes)
+    common = _common(ds, step_mm=step_mm, series_uid=series_uid, notes=notes,
+                     thickness=ds_text(thickness) if thickness else "")
     common["SOPInstanceUID"] = attr(ds, "SOPInstanceUID")
     common["NumberOfFrames"] = len(positions)
-    measures = _stand_in({"PixelSpacing": [f"{v:.10g}" for v in ps],
+    measures = _stand_in({"PixelSpacing": [ds_text(float(v)) for v in ps],
                           "SliceThickness": common["SliceThickness"]})
-    orientation = _stand_in({"ImageOrientationPatient": [f"{v:.10g}" for v in iop]})
+    orientation = _stand_in({"ImageOrientationPatient": [ds_text(float(v)) for v in iop]})
     shared = _stand_in({"PixelMeasuresSequence": [measures],
                         "PlaneOrientationSequence": [orientation]})
     per_frame = [_stand_in({"PlanePositionSequence": [_stand_in(
-        {"ImagePositionPatient": [f"{v:.10g}" for v in p]})]}) for p in positions]
+        {"ImagePositionPatient": [ds_text(float(v)) for v in p]})]}) for p in positions]
     common["SharedFunctionalGroupsSequence"] = [shared]
     common["PerFrameFunctionalGroupsSequence"] = per_frame
     return SegSource(headers=[_stand_in(common)], notes=notes,
