@@ -10,7 +10,21 @@ EXTRAS ?= train,export,dicom,openvino,cluster,dev
 
 .PHONY: install test test-fast lint demo bench bench-quick clean
 
-install: $(VENV)/.installed
+install: $(VENV)/.installed chromium
+
+# The browser tests (tests/runtime/test_review.py) drive Debian's Chromium through Playwright,
+# never a browser Playwright downloads. Installed when missing and we are root; if that fails the
+# tests skip, saying why, and the install goes on.
+.PHONY: chromium
+chromium:
+	@if [ -x /usr/bin/chromium ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing chromium (apt-get) for the browser tests"; \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \
+			>/dev/null 2>&1 || echo "make: could not install chromium: the browser tests will skip"; \
+	else \
+		echo "make: /usr/bin/chromium is missing (sudo apt-get install chromium): the browser tests will skip"; \
+	fi
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)

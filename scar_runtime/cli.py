@@ -184,6 +184,20 @@ def infer_cmd(
         raise typer.Exit(NO_LUMBAR_SPINE_EXIT)
 
 
+@app.command("review")
+def review_cmd(
+    out: Path = typer.Argument(..., metavar="OUT", help="A results folder of `scar infer`."),
+    port: int = typer.Option(8765, "--port", help="Port to serve on (0: any free port)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (the default "
+                             "is reachable from this machine only)."),
+):
+    """Serve a results folder as web pages until Ctrl-C: every case in a sortable table,
+    a 3D viewer (NiiVue) per case with its stats and warnings, and the cohort's volumes."""
+    from scar_runtime.review.server import serve
+
+    serve(out, host=host, port=port)
+
+
 def _add_plugin(name: str, module: str, extra: str, help_text: str) -> None:
     @app.command(name, help=help_text, add_help_option=False,
                  context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
