@@ -121,11 +121,18 @@ def _dicom_cases(path: Path, scan, series_uid: str | None) -> list[CaseInput]:
     studies = [find_series(scan, series_uid)] if series_uid else scan.studies
     cases = [CaseInput(name=st.name, label=st.name, sources=tuple(st.files), dicom=True,
                        load=partial(study_volume, st, series_uid)) for st in studies]
-    if not series_uid:  # unreadable files beside no readable study: a bad study too
+    if not series_uid:  # unreadable entries beside no readable study: a bad case a folder
+        by_folder: dict[Path, list[tuple[Path, str]]] = {}
         for bad, why in scan.broken:
-            cases.append(CaseInput(name=bad.name, label=str(bad.relative_to(path)),
-                                   sources=(bad,), dicom=True,
-                                   load=partial(_failing, InputFileError(f"{bad}: {why}"))))
+            by_folder.setdefault(bad.parent, []).append((bad, why))
+        for folder, bad in by_folder.items():
+            rel = folder.relative_to(path).parts
+            name = "_".join(rel) if rel else (path.resolve().name or "dicom")
+            more = f" (and {len(bad) - 1} more unreadable entries)" if len(bad) > 1 else ""
+            error = InputFileError(f"{bad[0][0]}: {bad[0][1]}{more}")
+            cases.append(CaseInput(name=name, label=str(folder.relative_to(path.parent)),
+                                   sources=tuple(b for b, _ in bad), dicom=True,
+                                   load=partial(_failing, error)))
     return cases
 
 

@@ -145,6 +145,8 @@ def stats_doc(result: SegmentationResult, input_path: Path | None,
     dicom = dicom_source(result.volume)
     if dicom is not None:
         doc["dicom"] = {k: v for k, v in dicom.to_json().items() if k.endswith("_uid")}
+        # what the DICOM-SEG could not take from the source as it was (io/dicom/seg_source.py)
+        doc["dicom"]["notes"] = list(dicom.notes)
     return doc
 
 
