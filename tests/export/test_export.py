@@ -103,11 +103,19 @@ def _with_gammas(src: Path, dst: Path, value: float = 0.1) -> Path:
     return dst
 
 
+# The hard-case augmentations (issue 26) are on by default for new runs; these fixtures need a
+# model that has learnt to draw a few classes in 60 steps (so that label agreement is not
+# vacuous), which the plain augmentation gives and the hard cases slow down (with them on, the
+# 60-step model drew background only, or background and one class, depending on the CPU).
+NO_HARD_CASES = ("--structure-signal-p", "0", "--disc-collapse-p", "0", "--thick-slice-p", "0",
+                 "--motion-blur-p", "0", "--oblique-slice-p", "0")
+
+
 def _train(index: Path, run: Path, steps: int) -> Path:
     p = run_scar("train", "--data", index, "--out", run, "--max-steps", str(steps),
                  "--steps-per-epoch", str(steps), "--epochs", "1", "--batch", "2", "--crop", "64",
                  "--lr", "2e-3", "--val-every", "100", "--log-every", "20", "--threads", "1",
-                 env=ENV)
+                 *NO_HARD_CASES, env=ENV)
     assert p.returncode == 0, p.stderr[-2000:]
     return run / "last.pt"
 
