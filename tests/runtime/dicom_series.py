@@ -258,6 +258,33 @@ def seg_in_world(seg, into: nib.Nifti1Image) -> np.ndarray:
     return out
 
 
+def assert_frames_at_source_slices(seg_path: Path, source_files) -> None:
+    """highdicom reads the SEG back; each of its frames references a source image (and frame)
+    and lies exactly where that image does; the masks agree with the NIfTI output beside it
+    (``X_seg.nii.gz``) in world space."""
+    import highdicom as hd
+
+    seg = hd.seg.segread(seg_path)
+    position = {}
+    for f in source_files:
+        ds = pydicom.dcmread(f, stop_before_pixels=True)
+        if "PerFrameFunctionalGroupsSequence" in ds:
+            for n, item in enumerate(ds.PerFrameFunctionalGroupsSequence, start=1):
+                ipp = item.PlanePositionSequence[0].ImagePositionPatient
+                position[(ds.SOPInstanceUID, n)] = np.array(ipp, float)
+        else:
+            position[(ds.SOPInstanceUID, None)] = np.array(ds.ImagePositionPatient, float)
+    assert seg.NumberOfFrames > 0
+    for item in seg.PerFrameFunctionalGroupsSequence:
+        ref = item.DerivationImageSequence[0].SourceImageSequence[0]
+        frame = int(ref.ReferencedFrameNumber) if "ReferencedFrameNumber" in ref else None
+        where = position[(ref.ReferencedSOPInstanceUID, frame)]
+        np.testing.assert_allclose(np.array(item.PlanePositionSequence[0].ImagePositionPatient,
+                                            float), where, atol=1e-3)
+    nifti = nib.load(str(seg_path.with_name(seg_path.name.replace(".dcm", ".nii.gz"))))
+    np.testing.assert_array_equal(seg_in_world(seg, nifti), np.asanyarray(nifti.dataobj))
+
+
 def main(argv: list[str]) -> int:
     """Regenerate the committed fixture: NIFTI OUT_FOLDER."""
     src, out = Path(argv[0]), Path(argv[1])
