@@ -145,3 +145,27 @@ def test_enhanced_mr_seg_references_its_frames(tmp_path, algorithm):
                                    dicom_source(result.volume).files)
     errors = _dciodvfy_errors(tmp_path / "out" / "case_seg.dcm")
     assert not errors, errors
+
+
+def test_force_keeps_the_old_set_whole_when_the_new_one_cannot_be_written(tmp_path, algorithm):
+    """A stale file of the set (a DICOM-SEG this run will not write) is removed only once the
+    new set is complete: when writing fails, it is back in place, byte for byte."""
+    from scar_runtime.errors import OutputError
+
+    write_series(CHU_IMG, tmp_path / "in")
+    _write(tmp_path / "in", tmp_path / "out", algorithm)
+    stale = (tmp_path / "out" / "case_seg.dcm").read_bytes()
+    (tmp_path / "out" / "case_preview.png").unlink()
+    (tmp_path / "out" / "case_preview.png").mkdir()  # the new set cannot be written
+    vol = load_volume(tmp_path / "in")
+    labels = L.verse_to_model(load_volume(CHU_SEG, as_labels=True).data)
+    result = SegmentationResult(volume=vol, labels=labels, keypoints=[])
+    with pytest.raises(OutputError, match="is a folder"):
+        write_case(result, tmp_path / "out", name="case", formats=("nifti",),
+                   algorithm=algorithm, force=True)
+    assert (tmp_path / "out" / "case_seg.dcm").read_bytes() == stale
+    (tmp_path / "out" / "case_preview.png").rmdir()
+    write_case(result, tmp_path / "out", name="case", formats=("nifti",), algorithm=algorithm,
+               force=True)
+    assert not (tmp_path / "out" / "case_seg.dcm").exists()
+    assert not [f for f in (tmp_path / "out").iterdir() if f.name.startswith(".")]
