@@ -276,10 +276,10 @@ def _body_dynamic_depthwise_conv(kernel_size: int, channels: int,
 
     The per-sample kernel is the Conv's run-time weight, so no group count depends on the batch
     (``groups = N * C`` would bake it in) and the 7x7 taps run in the backend's conv kernel
-    instead of 49 full-size Slice/Mul/Add passes (measured ~7-10x faster in ONNX Runtime and
-    OpenVINO, docs/performance.md). Exact: the same products, summed by the conv. The body's
-    tensors must be typed (OpenVINO and the checker refuse untyped subgraph inputs), hence
-    ``channels`` and ``elem_type``.
+    instead of 49 full-size Slice/Mul/Add passes (far faster in ONNX Runtime and OpenVINO; the
+    figures: docs/performance.md, "CPU speed work"). Exact: the same products, summed by the
+    conv. The body's tensors must be typed (OpenVINO and the checker refuse untyped subgraph
+    inputs), hence ``channels`` and ``elem_type``.
     """
     k, p = int(kernel_size), int(kernel_size) // 2
     inner = _Body("dws")
@@ -296,27 +296,6 @@ def _body_dynamic_depthwise_conv(kernel_size: int, channels: int,
                              [vi("xs", [channels, "h", "w"]), vi("ks", [channels, k, k])],
                              [vi("ys", [channels, "h", "w"])])
     return [helper.make_node("Scan", ["x", "kernel"], ["y"], body=body, num_scan_inputs=2)]
-
-
-def _body_dynamic_depthwise_conv_taps(kernel_size: int) -> list[onnx.NodeProto]:
-    # v0.1 form, kept for comparison (benchmarks): sum_ij pad(x)[:, :, i:i+H, j:j+W] *
-    # kernel[:, :, i:i+1, j:j+1] with Pad, Slice, Mul, Add only (49 full-size passes for k=7).
-    k, p = int(kernel_size), int(kernel_size) // 2
-    big = 2**62
-    b = _Body("dw")
-    xp = b.op("Pad", "x", b.ints([0, 0, p, p, 0, 0, p, p]))
-    axes = b.ints([2, 3])
-    acc = None
-    for i in range(k):
-        for j in range(k):
-            # rows i .. i+H of the padded map: end = i - 2p counted from the end (or the end)
-            ends = [i - 2 * p if i < 2 * p else big, j - 2 * p if j < 2 * p else big]
-            window = b.op("Slice", xp, b.ints([i, j]), b.ints(ends), axes)
-            tap = b.op("Slice", "kernel", b.ints([i, j]), b.ints([i + 1, j + 1]), axes)
-            term = b.op("Mul", window, tap)
-            acc = term if acc is None else b.op("Add", acc, term)
-    b.op("Identity", acc, out="y")
-    return b.nodes
 
 
 def _body_modulated_attention() -> list[onnx.NodeProto]:
