@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 from typing import NamedTuple
 
 import torch
@@ -14,7 +16,7 @@ from .at import (
     ParameterAdapter,
 )
 from .decoder import SegmentationDecoder
-from .encoder import RecognitionEncoder, SegmentationEncoder
+from .encoder import RecognitionEncoder, SegmentationEncoder, SeparableEncoder
 from .heads import HeatmapHead, SoftArgmax
 from .mcca import MCCA
 from .sizes import LOW_LEVEL_STRIDE, OUTPUT_STRIDE, ScarNetConfig
@@ -26,21 +28,13 @@ class ScarNetOutput(NamedTuple):
     keypoints: torch.Tensor  # (N, num_keypoints, 2) (row, col) in input pixels
 
 
+# The config fields that are encoder arguments (both encoders take the same ones), by name.
+_ENCODER_ARGS = frozenset(inspect.signature(SeparableEncoder).parameters)
+
+
 def _encoder_kwargs(cfg: ScarNetConfig) -> dict:
-    return dict(
-        in_channels=cfg.in_channels,
-        stem_channels=cfg.stem_channels,
-        low_channels=cfg.low_channels,
-        block_channels=cfg.block_channels,
-        middle_blocks=cfg.middle_blocks,
-        aspp_channels=cfg.aspp_channels,
-        aspp_rates=cfg.aspp_rates,
-        downsample_at=cfg.downsample_at,
-        exit_block_channels=cfg.exit_block_channels,
-        exit_conv_channels=cfg.exit_conv_channels,
-        exit_dilation=cfg.exit_dilation,
-        aspp_dropout=cfg.aspp_dropout,
-    )
+    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)
+            if f.name in _ENCODER_ARGS}
 
 
 class ScarNet(nn.Module):
