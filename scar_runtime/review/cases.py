@@ -127,8 +127,10 @@ class ResultsFolder:
         rows = {r["case"]: r for r in self._table_rows()}
         for stats in sorted(self.root.glob(f"*{STATS_SUFFIX}")):
             name = stats.name[: -len(STATS_SUFFIX)]
+            if not name or name in rows:  # the table's row already says what the file says
+                continue
             doc = _read_json(self.file(stats.name))
-            if name and name not in rows and doc is not None:
+            if doc is not None:
                 rows[name] = row_from_stats(name, doc.get("input") or "", doc, kept=False)
         cases = [Case(name, row, flags_of(row)) for name, row in rows.items()]
         return sorted(cases, key=lambda c: not c.flagged)  # stable: keeps the table's order

@@ -43,7 +43,8 @@ def index_page(folder: ResultsFolder) -> str:
     cases = folder.cases()
     counts = {s: sum(c.status == s for c in cases) for s in ("ok", "no_spine", "failed")}
     flagged = sum(c.flagged for c in cases)
-    headers = ["case", "status", "flags", "anchor", "confidence", "tilt (deg)", "warnings"]
+    headers = ["case", "status", "flags", "anchor", "confidence", "tilt (deg)",
+               "error, reason or warnings"]
     headers += [f"{s.name} (cm&sup3;)" for s in L.STRUCTURES]
     status_options = "".join(f'<option value="{s}">{s.replace("_", " ")}</option>'
                              for s in ("ok", "no_spine", "failed"))
