@@ -29,7 +29,7 @@ class TorchRunner(Runner):
         self.threads = threads
         self.module = None
 
-    def activate(self) -> None:
+    def activate_impl(self) -> None:
         import torch
 
         from scar_export.model import export_module, load_model
@@ -43,27 +43,23 @@ class TorchRunner(Runner):
                                       precision="fp16" if self.fp16 else "fp32",
                                       data_index_sha256=str(ckpt.get("data_index_sha256") or ""),
                                       training={"step": int(ckpt.get("step", 0))})
-        self.is_active = True
 
     @property
     def description(self) -> str:
         return f"pytorch eager ({self.device}, {'fp16' if self.fp16 else 'fp32'})"
 
-    def infer(self, image: np.ndarray) -> dict[str, np.ndarray]:
+    def infer_impl(self, image: np.ndarray) -> dict[str, np.ndarray]:
         import torch
 
-        if self.module is None:
-            raise RuntimeError("call activate() first")
-        x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).to(self.device)
+        x = torch.from_numpy(image).to(self.device)
         with torch.inference_mode():
             probs, heatmaps, keypoints = self.module(x)
         # .cpu() waits for the GPU, so a timed call covers the whole inference
         return {"probs": probs.cpu().numpy(), "heatmaps": heatmaps.cpu().numpy(),
                 "keypoints": keypoints.cpu().numpy()}
 
-    def deactivate(self) -> None:
+    def deactivate_impl(self) -> None:
         self.module = None
-        self.is_active = False
 
 
 def make_runner(spec: dict) -> Runner:

@@ -216,8 +216,7 @@ def run(spec: dict) -> dict:
     t_start = time.perf_counter()
     t0 = time.perf_counter()  # includes `auto`'s measured choice, made in make_runner
     runner = make_runner(spec)
-    if not runner.is_active:  # `auto` returns an active runner after measuring its choice
-        runner.activate()
+    runner.activate()
     res["activate_s"] = round(time.perf_counter() - t0, 3)
     res["description"] = runner.description
     res["rss_model_loaded_mb"] = rss_mb()

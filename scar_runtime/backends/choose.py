@@ -1,9 +1,8 @@
 """``--backend auto`` on a CPU: the fastest installed CPU backend for this machine and model.
 
-Which of ONNX Runtime and OpenVINO is faster depends on the CPU (measured: OpenVINO ~1.4x faster
-on an AVX-512 Zen 4, about equal on an AVX2-only one, docs/performance.md), so it is measured
-once, not guessed: both runners on one 256 x 256 slice, one warm-up and three interleaved timed
-calls each, the lower median wins. The answer is cached in
+Which of ONNX Runtime and OpenVINO is faster depends on the CPU (docs/performance.md), so it
+is measured once, not guessed: both runners on one full-field slice (PROBE_SHAPE), one warm-up
+and three interleaved timed calls each, the lower median wins. The answer is cached in
 ``$XDG_CACHE_HOME/scar-net/cpu-backend.json`` under a key made of the CPU model and flags, both
 library versions, the thread count, the precision asked for and the model's SHA-256, so a new
 machine, library or model measures again. Without OpenVINO installed nothing is measured.
@@ -23,11 +22,9 @@ from scar_runtime.backends.base import Runner
 from scar_runtime.backends.threads import default_threads
 from scar_runtime.errors import ModelError
 
-# A full-field lumbar slice on the 1 mm grid (300-400 mm field of view). The channel count is
-# the model's (2.5D models take more). At 256 x 256 the two backends tie on this 2-core VM
-# (80 vs 79 ms, median of 7) and probes of one network picked either; at 384 x 384 OpenVINO is
-# 1.5x faster (145 vs 217 ms), and a 381 mm volume ran 17 s with it against 24 s with ONNX
-# Runtime (model v2.3).
+# A full-field lumbar slice on the 1 mm grid (300-400 mm field of view); the channel count is
+# the model's (2.5D models take more). Not smaller: at 256 x 256 the two backends tie on an AVX2
+# CPU and the probe picks either, while full-field volumes differ (docs/performance.md).
 PROBE_SHAPE = (1, 1, 384, 384)
 PROBE_REPS = 3
 
@@ -102,7 +99,8 @@ def measure(runners: dict[str, Runner]) -> dict[str, float]:
 
 
 def fastest_cpu_runner(model: Path, *, threads: int | None, precision: str) -> Runner:
-    """An ACTIVE runner of the fastest installed CPU backend for ``model``."""
+    """An inactive runner of the fastest installed CPU backend for ``model`` (measured once per
+    model, thread count and precision, then read from the cache)."""
     import importlib.util
 
     from scar_runtime.backends.onnxruntime import OnnxRuntimeRunner
@@ -120,17 +118,16 @@ def fastest_cpu_runner(model: Path, *, threads: int | None, precision: str) -> R
     ov_runner = OpenVinoRunner(model, precision=precision, threads=threads)
     if isinstance(cached, dict) and cached.get("backend") in ("onnxruntime", "openvino"):
         return ov_runner if cached["backend"] == "openvino" else ort_runner
-    ort_runner.activate()
-    try:
-        ov_runner.activate()
-    except Exception:  # noqa: BLE001 - OpenVINO cannot run this model: ONNX Runtime can
-        return ort_runner
-    seconds = measure({"onnxruntime": ort_runner, "openvino": ov_runner})
+    with ort_runner:
+        try:
+            ov_runner.activate()
+        except Exception:  # noqa: BLE001 - OpenVINO cannot run this model: ONNX Runtime can
+            return ort_runner
+        with ov_runner:
+            seconds = measure({"onnxruntime": ort_runner, "openvino": ov_runner})
     best = min(seconds, key=seconds.get)
     probe = [PROBE_SHAPE[0], ort_runner.metadata.preprocess.input_channels, *PROBE_SHAPE[2:]]
     _write_cache(key, {"backend": best, "seconds": {k: round(v, 5) for k, v in seconds.items()},
                        "probe": probe, "measured": time.strftime("%Y-%m-%dT%H:%M:%S"),
                        "openvino_precision": ov_runner.precision})
-    loser = ov_runner if best == "onnxruntime" else ort_runner
-    loser.deactivate()
     return ort_runner if best == "onnxruntime" else ov_runner

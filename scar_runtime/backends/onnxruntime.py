@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from scar_runtime.backends.base import Runner
+from scar_runtime.backends.base import Runner, check_io_names
 from scar_runtime.backends.threads import default_threads
 from scar_runtime.errors import ConfigError, ModelError
 from scar_runtime.model_meta import INPUT_NAME, OUTPUT_NAMES, ModelMetadata
@@ -24,7 +24,7 @@ class OnnxRuntimeRunner(Runner):
         self.session = None
         self.providers: list[str] = []
 
-    def activate(self) -> None:
+    def activate_impl(self) -> None:
         import onnxruntime as ort
 
         if not self.model.is_file():
@@ -55,28 +55,20 @@ class OnnxRuntimeRunner(Runner):
             raise ModelError(f"{self.model}: not a loadable ONNX model ({first})") from e
         props = self.session.get_modelmeta().custom_metadata_map
         self.metadata = ModelMetadata.from_props(props, where=str(self.model))
-        names_in = [i.name for i in self.session.get_inputs()]
-        names_out = [o.name for o in self.session.get_outputs()]
-        if names_in != [INPUT_NAME] or not set(OUTPUT_NAMES) <= set(names_out):
-            raise ModelError(f"{self.model}: inputs {names_in} / outputs {names_out} are not "
-                             f"those of a scar-net model")
+        check_io_names([i.name for i in self.session.get_inputs()],
+                       [o.name for o in self.session.get_outputs()], str(self.model))
         self.metadata.check_input_channels(self.session.get_inputs()[0].shape[1],
                                            str(self.model))
         self.providers = self.session.get_providers()
-        self.is_active = True
 
     @property
     def description(self) -> str:
         dev = "cuda" if "CUDAExecutionProvider" in self.providers else "cpu"
         return f"onnxruntime ({dev})"
 
-    def infer(self, image: np.ndarray) -> dict[str, np.ndarray]:
-        if self.session is None:
-            raise RuntimeError("call activate() first")
-        outs = self.session.run(list(OUTPUT_NAMES),
-                                {INPUT_NAME: np.ascontiguousarray(image, dtype=np.float32)})
+    def infer_impl(self, image: np.ndarray) -> dict[str, np.ndarray]:
+        outs = self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: image})
         return dict(zip(OUTPUT_NAMES, outs, strict=True))
 
-    def deactivate(self) -> None:
+    def deactivate_impl(self) -> None:
         self.session = None
-        self.is_active = False

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from scar_runtime.backends.base import Runner
+from scar_runtime.backends.base import Runner, check_io_names
 from scar_runtime.backends.precision import check_precision, gate_passed, read_gate, require_gate
 from scar_runtime.backends.threads import default_threads
 from scar_runtime.errors import ConfigError, ModelError
@@ -85,7 +85,7 @@ class OpenVinoRunner(Runner):
             require_gate(self.model, bf16_gate_key())
         return "bf16"
 
-    def activate(self) -> None:
+    def activate_impl(self) -> None:
         ov = _openvino()
         if not self.model.is_file():
             raise ModelError(f"{self.model}: no such model file")
@@ -101,11 +101,8 @@ class OpenVinoRunner(Runner):
             raise ModelError(f"{self.model}: not a model OpenVINO can read "
                              f"({_last_line(e)})") from e
         self.metadata = ModelMetadata.from_props(_framework_props(model), where=str(self.model))
-        names_in = [i.get_any_name() for i in model.inputs]
-        names_out = [o.get_any_name() for o in model.outputs]
-        if names_in != [INPUT_NAME] or not set(OUTPUT_NAMES) <= set(names_out):
-            raise ModelError(f"{self.model}: inputs {names_in} / outputs {names_out} are not "
-                             f"those of a scar-net model")
+        check_io_names([i.get_any_name() for i in model.inputs],
+                       [o.get_any_name() for o in model.outputs], str(self.model))
         channels = model.inputs[0].get_partial_shape()[1]
         self.metadata.check_input_channels(
             channels.get_length() if channels.is_static else None, str(self.model))
@@ -128,23 +125,18 @@ class OpenVinoRunner(Runner):
                              f"({_last_line(e)})") from e
         self._request = self.compiled.create_infer_request()
         self._outputs = [self.compiled.output(n) for n in OUTPUT_NAMES]
-        self.is_active = True
 
     @property
     def description(self) -> str:
         return f"openvino (cpu, {self.precision})"
 
-    def infer(self, image: np.ndarray) -> dict[str, np.ndarray]:
-        if self._request is None:
-            raise RuntimeError("call activate() first")
-        x = np.ascontiguousarray(image, dtype=np.float32)
-        res = self._request.infer({INPUT_NAME: x})  # copies the outputs (share_outputs=False)
+    def infer_impl(self, image: np.ndarray) -> dict[str, np.ndarray]:
+        res = self._request.infer({INPUT_NAME: image})  # copies the outputs (share_outputs=False)
         return {n: np.asarray(res[o]) for n, o in zip(OUTPUT_NAMES, self._outputs, strict=True)}
 
-    def deactivate(self) -> None:
+    def deactivate_impl(self) -> None:
         self._request = None
         self.compiled = None
-        self.is_active = False
 
 
 def _last_line(e: Exception) -> str:

@@ -91,7 +91,7 @@ class TensorRTRunner(Runner):
         self.engine_path = Path(engine)
         self._buffers: dict[str, tuple[int, int]] = {}  # name -> (device pointer, bytes)
 
-    def activate(self) -> None:
+    def activate_impl(self) -> None:
         info = read_engine_info(self.engine_path)
         self.metadata = ModelMetadata.from_props(info.get("metadata", {}),
                                                  where=str(self.engine_path))
@@ -117,7 +117,6 @@ class TensorRTRunner(Runner):
             raise ModelError(f"{self.engine_path}: TensorRT could not deserialise the engine")
         self._context = self._engine.create_execution_context()
         self._stream = _check(self._cudart.cudaStreamCreate(), "cudaStreamCreate")
-        self.is_active = True
 
     @property
     def description(self) -> str:
@@ -132,9 +131,8 @@ class TensorRTRunner(Runner):
             self._buffers[name] = (int(ptr), nbytes)
         return self._buffers[name][0]
 
-    def infer(self, image: np.ndarray) -> dict[str, np.ndarray]:
+    def infer_impl(self, image: np.ndarray) -> dict[str, np.ndarray]:
         cudart, ctx = self._cudart, self._context
-        image = np.ascontiguousarray(image, dtype=np.float32)
         H2D = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
         D2H = cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
         ctx.set_input_shape(INPUT_NAME, image.shape)
@@ -155,11 +153,10 @@ class TensorRTRunner(Runner):
         _check(cudart.cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")
         return outs
 
-    def deactivate(self) -> None:
+    def deactivate_impl(self) -> None:
         if getattr(self, "_cudart", None) is not None:
             for ptr, _ in self._buffers.values():
                 self._cudart.cudaFree(ptr)
             self._buffers.clear()
             self._cudart.cudaStreamDestroy(self._stream)
         self._context = self._engine = None
-        self.is_active = False
