@@ -15,8 +15,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from scar_runtime.dataset import Case, read_index
 from scar_runtime.errors import ScarError
+from scar_runtime.evaluation.dataset import Case, read_index
 from scar_runtime.io import load_volume
 from scar_runtime.preprocess import PreprocessConfig, image_to_slices
 

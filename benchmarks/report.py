@@ -9,7 +9,7 @@ from pathlib import Path
 from scar_runtime.labels import STRUCTURES
 
 # far-FP max: the largest share of predicted lumbar voxels > 20 mm from every labelled
-# structure over the val cases (scar_runtime.metrics.far_false_positive_share), beside Dice
+# structure over the val cases (evaluation.metrics.far_false_positive_share), beside Dice
 TABLE2_COLUMNS = tuple(s.name for s in STRUCTURES) + ("VB avg", "IVD avg", "All avg",
                                                      "far-FP max")
 SCHEMA_VERSION = 1
@@ -329,7 +329,8 @@ def render_markdown(doc: dict) -> str:
                   f"{a0.get('batch')}, post-processing "
                   f"{'on' if s['postprocess'] else 'off'}; each case scored only on the "
                   "structures its set labels (other predictions zeroed); VB/IVD/All avg pool "
-                  "every labelled (case, structure) pair (scar_runtime.metrics.summarize).", ""]
+                  "every labelled (case, structure) pair "
+                  "(scar_runtime.evaluation.metrics.summarize).", ""]
         cols = list(TABLE2_COLUMNS)
         body = [[doc["labels"][k]] + [_pct(t["dice"][c]) for c in cols]
                 for k, t in acc["tables"].items()]

@@ -179,7 +179,7 @@ def prepare(args, st: S.Settings, chosen: list[tuple], threads: int, workdir: Pa
     cfg = ms.meta.preprocess
     data = plan_data(args.data, max_cases=st.max_cases)
     if ms.meta.data_index_sha256 and data.index is not None:
-        from scar_runtime.dataset import index_hash
+        from scar_runtime.evaluation.dataset import index_hash
 
         if index_hash(data.index) != ms.meta.data_index_sha256:
             data.notes.append(f"{data.index} is not the index the model was trained with "
@@ -213,7 +213,7 @@ def prepare(args, st: S.Settings, chosen: list[tuple], threads: int, workdir: Pa
                 f"this CPU has no native BF16 (OpenVINO reports {', '.join(caps)}): BF16 would "
                 "run as FP32 or emulated")
     if ("onnxruntime", "int8", "cpu") in want or ("openvino", "int8", "cpu") in want:
-        from scar_runtime.dataset import index_hash
+        from scar_runtime.evaluation.dataset import index_hash
 
         if data.train_cases:
             source = f"TRAIN cases of {data.index}"

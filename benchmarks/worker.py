@@ -8,7 +8,7 @@ A fresh process per backend makes peak RSS (``ru_maxrss``) that backend's own. P
    after one untimed warm-up batch at that volume's grid size; ``peak_rss_mb`` is read here;
 3. accuracy: every scored val case through the same pipeline at the largest batch, predictions
    of classes the case's set does not label zeroed (as scar_train.validate does), then
-   ``evaluate_case`` / ``summarize`` from scar_runtime.metrics.
+   ``evaluate_case`` / ``summarize`` from scar_runtime.evaluation.metrics.
 
 Writes a JSON result to ``spec["out"]``; on an error it writes what it has plus ``error``.
 """
@@ -140,10 +140,15 @@ def measure_volume(seg, spec: dict, budget: Budget) -> dict:
 
 def measure_accuracy(seg, spec: dict) -> dict:
     from benchmarks.pipeline import timed_segment
-    from scar_runtime.dataset import read_index
     from scar_runtime.errors import ScarError
+    from scar_runtime.evaluation.dataset import read_index
+    from scar_runtime.evaluation.metrics import (
+        far_false_positive_share,
+        far_fp_stats,
+        size_outlier_ratio,
+        summarize,
+    )
     from scar_runtime.io import load_volume
-    from scar_runtime.metrics import far_false_positive_share, size_outlier_ratio, summarize
 
     wanted = spec["accuracy"]["cases"]
     if not wanted:
@@ -176,8 +181,7 @@ def measure_accuracy(seg, spec: dict) -> dict:
     if not scores:
         return {"failed_cases": failed}
     summary = summarize(scores)
-    summary["far_fp_max"] = max(r["far_fp"] for r in per_case.values())
-    summary["far_fp_mean"] = float(np.mean([r["far_fp"] for r in per_case.values()]))
+    summary.update(far_fp_stats(r["far_fp"] for r in per_case.values()))
     return {"batch": seg.batch, "postprocess": seg.use_postprocess, "summary": summary,
             "per_case": per_case, "timings": timings, "failed_cases": failed}
 

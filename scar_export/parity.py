@@ -82,7 +82,7 @@ def _volume_slices(case_id: str, vol, seg, labelled: frozenset[int], cfg: Prepro
 
 def _val_slices(ckpt: dict, cfg: PreprocessConfig, n: int) -> tuple[list[ParitySlice], dict]:
     """Slices of the checkpoint's val cases; raises ScarError/OSError when they are unreachable."""
-    from scar_runtime.dataset import index_hash, read_index
+    from scar_runtime.evaluation.dataset import index_hash, read_index
 
     extra = ckpt.get("extra") or {}
     index = extra.get("data_index") or (ckpt.get("train_config") or {}).get("data")

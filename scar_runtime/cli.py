@@ -103,7 +103,7 @@ def evaluate_cmd(
     force: bool = typer.Option(False, "--force", help="Replace an existing --json file."),
 ):
     """Dice (3D and mid-sagittal 2D), HD95, centroid error and level identification."""
-    from scar_runtime.report import evaluate_and_report
+    from scar_runtime.evaluation.tables import evaluate_and_report
 
     for scheme in (pred_labels, gt_labels):
         if scheme not in ("auto", "model", "verse"):

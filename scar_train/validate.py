@@ -15,8 +15,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from scar_runtime import metrics as M
-from scar_runtime.dataset import Case
+from scar_runtime.evaluation import metrics as M
+from scar_runtime.evaluation.dataset import Case
 from scar_runtime.preprocess import PreprocessConfig, image_to_slices, slices_to_labels
 
 
@@ -91,9 +91,7 @@ def validate(model: torch.nn.Module, cases: list[Case], cfg: PreprocessConfig, *
     summary = M.summarize(scores) if scores else {}
     summary["cases"] = per_case
     summary["per_dataset"] = _per_dataset(per_case)
-    far = [r["far_fp"] for r in per_case.values() if r.get("far_fp") is not None]
-    summary["far_fp_max"] = max(far) if far else None
-    summary["far_fp_mean"] = float(np.mean(far)) if far else None
+    summary.update(M.far_fp_stats(r.get("far_fp") for r in per_case.values()))
     all_errs = [e for v in kp_errs.values() for e in v]
     summary["keypoint_error_median_mm"] = float(np.median(all_errs)) if all_errs else None
     # One number to pick the best checkpoint: Dice, discounted by far false positives.

@@ -25,8 +25,8 @@ from benchmarks.models import resolve
 from benchmarks.run import select_variants
 from scar_runtime import labels as L
 from scar_runtime.errors import ConfigError, ScarError
+from scar_runtime.evaluation.metrics import evaluate_case, summarize
 from scar_runtime.io import load_volume
-from scar_runtime.metrics import evaluate_case, summarize
 
 # one worker builds this module's fixtures (make test runs pytest-xdist --dist loadgroup)
 pytestmark = pytest.mark.xdist_group("bench")

@@ -39,7 +39,7 @@ from scar_export.plugins import descriptors as D
 from scar_export.plugins import kernels as K
 from scar_export.reference_ops import REFERENCE_OPS
 from scar_export.reference_ops import ChannelAttention as RefChannelAttention
-from scar_runtime.dataset import read_index
+from scar_runtime.evaluation.dataset import read_index
 from scar_runtime.model_meta import ModelMetadata
 from scar_runtime.preprocess import PreprocessConfig, image_to_slices
 from scar_train.model import ScarNetConfig, build_model

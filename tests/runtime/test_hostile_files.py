@@ -16,8 +16,8 @@ import pytest
 from conftest import CHU_SEG, REPO, assert_one_line_error, run_scar
 
 from scar_runtime import labels as L
-from scar_runtime.dataset import read_index
 from scar_runtime.errors import DataIndexError, ModelError
+from scar_runtime.evaluation.dataset import read_index
 
 RELEASE_CKPT = REPO / "scar_runtime" / "models" / "scarnet_small.pt"
 

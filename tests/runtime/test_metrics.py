@@ -1,4 +1,4 @@
-"""Tests of scar_runtime.metrics on real label volumes and on hand-worked examples.
+"""Tests of scar_runtime.evaluation.metrics on real label volumes and on hand-worked examples.
 
 The real fixtures are 2 mm copies of a vertebra-only case (Chu 2015, case 06: T11-L5 labelled, no
 discs) and a disc-only case (Menezes-Reis 2016, case 25), so partial labelling is exercised by the
@@ -17,8 +17,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from scar_runtime.labels import BY_NAME, DISC_IDS, STRUCTURES, VERTEBRA_IDS, verse_to_model
-from scar_runtime.metrics import (
+from scar_runtime.evaluation.metrics import (
     NOT_LABELLED,
     CaseScore,
     centroids,
@@ -29,6 +28,7 @@ from scar_runtime.metrics import (
     level_identification,
     summarize,
 )
+from scar_runtime.labels import BY_NAME, DISC_IDS, STRUCTURES, VERTEBRA_IDS, verse_to_model
 
 DATA_DIRS = (
     Path(__file__).resolve().parents[1] / "data",
@@ -425,6 +425,6 @@ def test_evaluate_case_on_a_clinical_sized_volume(chu):
 
 def test_runtime_metrics_do_not_import_torch():
     # The lean runtime must install and run without torch; check in a fresh interpreter.
-    code = "import sys, scar_runtime.metrics; sys.exit('torch' in sys.modules)"
+    code = "import sys, scar_runtime.evaluation.metrics; sys.exit('torch' in sys.modules)"
     root = Path(__file__).resolve().parents[2]
     assert subprocess.run([sys.executable, "-c", code], cwd=root).returncode == 0

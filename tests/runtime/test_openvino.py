@@ -19,8 +19,8 @@ from scar_runtime.backends import create_runner
 from scar_runtime.backends.onnxruntime import OnnxRuntimeRunner
 from scar_runtime.backends.precision import gate_passed, parity_record_path, require_gate
 from scar_runtime.errors import ConfigError, ModelError
+from scar_runtime.evaluation.metrics import dice
 from scar_runtime.io import load_volume
-from scar_runtime.metrics import dice
 from scar_runtime.preprocess import PreprocessConfig, image_to_slices, slices_to_labels
 from scar_runtime.segmenter import Segmenter, default_model_path
 

@@ -14,8 +14,8 @@ from conftest import CHU_SEG, SPIDER_SEG
 from scipy import ndimage
 
 from scar_runtime import labels as L
+from scar_runtime.evaluation.metrics import far_false_positive_share
 from scar_runtime.io import load_volume
-from scar_runtime.metrics import far_false_positive_share
 from scar_runtime.postprocess import PostprocessConfig, postprocess
 
 

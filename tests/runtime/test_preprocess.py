@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from conftest import CHU_IMG, CHU_SEG, SHARED_DATA, needs_shared
 
+from scar_runtime.evaluation.metrics import dice
 from scar_runtime.io import load_volume
 from scar_runtime.labels import verse_to_model
-from scar_runtime.metrics import dice
 from scar_runtime.preprocess import (
     PreprocessConfig,
     image_to_slices,

@@ -11,7 +11,7 @@ from conftest import SPIDER_IMG, SPIDER_SEG
 from scipy import ndimage
 
 from scar_runtime import labels as L
-from scar_runtime.dataset import read_index
+from scar_runtime.evaluation.dataset import read_index
 from scar_runtime.preprocess import PreprocessConfig
 from scar_train.augment_structures import (
     BODY_IDS,

@@ -19,7 +19,7 @@ from conftest import SHARED_DATA
 from scipy import ndimage
 
 from scar_runtime import labels as L
-from scar_runtime.metrics import dice
+from scar_runtime.evaluation.metrics import dice
 
 INDEX = SHARED_DATA / "index_v2.json"
 BODIES = ("L1", "L2", "L3", "L4", "L5")

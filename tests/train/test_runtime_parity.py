@@ -10,7 +10,7 @@ import torch
 from conftest import IVD_IMG, SHARED_INDEX, needs_shared
 
 from scar_runtime import Segmenter
-from scar_runtime.dataset import read_index
+from scar_runtime.evaluation.dataset import read_index
 from scar_runtime.io import load_volume
 from scar_runtime.preprocess import PreprocessConfig
 from scar_train.checkpoint import load_checkpoint

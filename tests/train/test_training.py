@@ -15,9 +15,9 @@ import torch
 from conftest import CHU_IMG, CHU_SEG, REPO, assert_one_line_error, run_scar
 
 from scar_runtime import labels as L
+from scar_runtime.evaluation.metrics import dice
 from scar_runtime.io import load_volume
 from scar_runtime.labels import verse_to_model
-from scar_runtime.metrics import dice
 from scar_runtime.preprocess import PreprocessConfig, image_to_slices, labels_to_slices
 from scar_train.checkpoint import load_checkpoint
 from scar_train.losses import scar_loss

@@ -19,9 +19,9 @@ import torch
 from conftest import CHU_IMG, CHU_SEG, SHARED_DATA, SPIDER_IMG, SPIDER_SEG
 
 from scar_runtime import labels as L
-from scar_runtime.dataset import read_index
+from scar_runtime.evaluation.dataset import read_index
+from scar_runtime.evaluation.metrics import far_false_positive_share
 from scar_runtime.io import load_volume
-from scar_runtime.metrics import far_false_positive_share
 from scar_train.data import AugmentConfig, SliceSampler, gap_weight_map, prepare_case
 from scar_train.losses import UNKNOWN_MARGIN_MM, marginal_log_probs, scar_loss
 from scar_train.model import ScarNetConfig, build_model

@@ -19,8 +19,8 @@ import numpy as np
 
 from scar_runtime import labels as L
 from scar_runtime.errors import DataIndexError
+from scar_runtime.evaluation.index_schema import validate_index_file
 from scar_runtime.hashing import file_sha256
-from scar_runtime.index_schema import validate_index_file
 from scar_runtime.io import Volume, check_same_grid, load_volume
 
 SUPERVISION_KINDS = ("vertebrae", "discs", "both", "keypoints")
@@ -122,7 +122,7 @@ class Case:
         """Metrics of a working-layout prediction on the structures this case's set labels:
         other classes are zeroed first (a disc predicted on a vertebra-only set is neither
         right nor wrong). One place for validation, the model card and the benchmark."""
-        from scar_runtime.metrics import evaluate_case
+        from scar_runtime.evaluation.metrics import evaluate_case
 
         scored = self.labelled_classes & set(L.LUMBAR_IDS)
         pred = np.where(np.isin(pred, list(scored)), pred, 0).astype(np.uint8)

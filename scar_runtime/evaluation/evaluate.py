@@ -15,8 +15,8 @@ import numpy as np
 
 from scar_runtime import labels as L
 from scar_runtime.errors import InputFileError, InvalidImageError
+from scar_runtime.evaluation.metrics import CaseScore, evaluate_case
 from scar_runtime.io import Volume, check_same_grid, is_nifti_path, load_volume, nifti_stem
-from scar_runtime.metrics import CaseScore, evaluate_case
 
 LABEL_SCHEMES = ("auto", "model", "verse")
 # Suffixes stripped when matching files of two folders by case name: "02_img_seg" and "02_seg"

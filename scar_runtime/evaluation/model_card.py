@@ -1,6 +1,7 @@
 """Accuracy of an exported model on the val split, as users get it (runtime + post-processing).
 
-    python -m scar_train.model_card --model MODEL.onnx --data INDEX.json --out card.json
+    python -m scar_runtime.evaluation.model_card --model MODEL.onnx --data INDEX.json \
+        --out card.json
 
 Per data set: per-structure 3D Dice in the paper's Table 2 layout (L1..L5, L1/L2..L5/S1, VB /
 IVD averages), HD95, the share of cases with every level named right, the far-false-positive
@@ -11,20 +12,21 @@ Everything is computed with scar_runtime (Segmenter, metrics): the numbers are t
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import typer
 
 from scar_runtime import labels as L
-from scar_runtime import metrics as M
+from scar_runtime.atomic import atomic_write_text, check_output_path
 from scar_runtime.backends import read_model_metadata
-from scar_runtime.dataset import read_index
+from scar_runtime.evaluation import metrics as M
+from scar_runtime.evaluation.dataset import read_index
+from scar_runtime.evaluation.metrics import summarize
 from scar_runtime.hashing import file_sha256
-from scar_runtime.metrics import summarize
 from scar_runtime.postprocess import PostprocessConfig
 from scar_runtime.segmenter import Segmenter
 
@@ -95,15 +97,13 @@ def _set_summary(rows: list[dict]) -> dict:
     errs = [e for r in rows for e in r["kp_errors_mm"].values()]
     vb_errs = [e for r in rows for n, e in r["kp_errors_mm"].items()
                if L.BY_NAME[n].kind == "vertebra"]
-    far = [r["far_fp"] for r in rows]
     return {
         "cases": [r["case"] for r in rows],
         "summary": summarize(scores) if scores else {},
         "vertebra_centre_error_mm": float(np.mean(vb_errs)) if vb_errs else None,
         "keypoint_error_median_mm": float(np.median(errs)) if errs else None,
         "n_keypoints": len(errs),
-        "far_fp_max": max(far) if far else None,
-        "far_fp_mean": float(np.mean(far)) if far else None,
+        **M.far_fp_stats(r["far_fp"] for r in rows),
         "size_ratio_max": max((r["size_ratio"] or 0.0) for r in rows) if rows else None,
         "levels_right": float(np.mean([r["levels_right"] for r in rows])) if rows else None,
         "spine_found": float(np.mean([r["lumbar_spine_found"] for r in rows])) if rows else None,
@@ -168,22 +168,25 @@ def markdown(card: dict) -> str:
             "every annotated centre). size ratio: largest structure / median of its kind.\n")
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", type=Path, required=True)
-    ap.add_argument("--data", type=Path, required=True)
-    ap.add_argument("--split", default="val")
-    ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--no-postprocess", action="store_true", help="score the bare network")
-    ap.add_argument("--slice-smoothing", type=float, default=None,
-                    help="neighbour weight of the slice smoothing (default: the runtime's)")
-    a = ap.parse_args()
-    card = evaluate_model(a.model, a.data, a.split, use_postprocess=not a.no_postprocess,
-                          slice_smoothing=a.slice_smoothing)
-    a.out.write_text(json.dumps(card, indent=1, default=str))
-    print(facts_markdown(model_facts(a.model)))
-    print(markdown(card))
+def card(
+    model: Path = typer.Option(..., help="The exported model (.onnx)."),
+    data: Path = typer.Option(..., help="Data index JSON."),
+    split: str = typer.Option("val", help="Which split of the index to score."),
+    out: Path = typer.Option(..., help="The card's JSON (written atomically)."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing --out."),
+    no_postprocess: bool = typer.Option(False, "--no-postprocess",
+                                        help="Score the bare network."),
+    slice_smoothing: float | None = typer.Option(
+        None, help="Neighbour weight of the slice smoothing (default: the runtime's)."),
+) -> None:
+    """Accuracy of an exported model on a split, per data set, as users get it."""
+    check_output_path(out, force=force, inputs=[model, data])
+    doc = evaluate_model(model, data, split, use_postprocess=not no_postprocess,
+                         slice_smoothing=slice_smoothing)
+    atomic_write_text(out, json.dumps(doc, indent=1, default=str), force=force)
+    print(facts_markdown(model_facts(model)))
+    print(markdown(doc))
 
 
 if __name__ == "__main__":
-    main()
+    typer.run(card)
