@@ -15,8 +15,10 @@ from __future__ import annotations
 import errno
 import ipaddress
 import shutil
+import signal
 import socket
 import sys
+import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -195,9 +197,22 @@ def make_server(out: Path, host: str = "127.0.0.1", port: int = 8765) -> Threadi
         raise ConfigError(f"cannot listen on {host}:{port}: {why}") from e
 
 
+def _stop_on_signals() -> None:
+    """SIGTERM and SIGHUP (a closed terminal, a service manager) stop the review like Ctrl-C:
+    one line, exit 0. A signal the caller ignores (nohup) stays ignored."""
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+        if sig is not None and signal.getsignal(sig) is not signal.SIG_IGN:
+            signal.signal(sig, stop)
+
+
 def serve(out: Path, host: str = "127.0.0.1", port: int = 8765) -> None:
     """Serve until Ctrl-C; prints the address (with the port chosen for --port 0) first."""
     server = make_server(out, host, port)
+    if threading.current_thread() is threading.main_thread():  # signals reach only that one
+        _stop_on_signals()
     bound_host, bound_port = server.server_address[:2]
     shown = f"[{bound_host}]" if ":" in str(bound_host) else bound_host
     n = len(server.RequestHandlerClass.folder.cases())

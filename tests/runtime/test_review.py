@@ -92,8 +92,9 @@ def _read_first_line(proc: subprocess.Popen, timeout: float) -> str:
 
 
 @contextmanager
-def review_server(out: Path):
-    """`scar review OUT --port 0` running; yields its base URL; Ctrl-C (SIGINT) stops it."""
+def review_server(out: Path, stop: signal.Signals = signal.SIGINT):
+    """`scar review OUT --port 0` running; yields its base URL; Ctrl-C (SIGINT) stops it, or
+    ``stop`` (SIGTERM: a service manager)."""
     proc = subprocess.Popen([sys.executable, "-m", "scar_runtime.cli", "review", str(out),
                              "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, cwd=REPO, preexec_fn=default_signals)
@@ -103,13 +104,13 @@ def review_server(out: Path):
         assert m, line
         yield m.group(1)
     finally:
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(stop)
         try:
             _, err = proc.communicate(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
             raise
-    # Ctrl-C is how a user ends it: a clean stop, no traceback
+    # Ctrl-C is how a user ends it (SIGTERM a service manager): a clean stop, no traceback
     assert proc.returncode == 0 and err.strip() == "scar review: stopped", err
 
 
@@ -217,7 +218,7 @@ def test_cohort_page_marks_the_case(results, server):
 def test_a_folder_without_the_table_is_read_from_its_stats(results, tmp_path_factory):
     out = tmp_path_factory.mktemp("stats_only") / "out"
     shutil.copytree(results, out, ignore=shutil.ignore_patterns("results.*", "link*"))
-    with review_server(out) as url:
+    with review_server(out, stop=signal.SIGTERM) as url:
         html = raw_get(url, "/")[1].decode()
     for name in ("chu06_dicom", SHOWN_CASE, "sub-mri_label-6_T2w"):
         assert f">{name}</a>" in html
