@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 from scipy import ndimage
 
 from scar_runtime import labels as L
-from scar_runtime.dataset import Case
-from scar_runtime.preprocess import (
+from scar_runtime.evaluation.dataset import Case
+from scar_runtime.pipeline.preprocess import (
     PreprocessConfig,
     context_indices,
     resample_image,
@@ -35,13 +36,14 @@ from scar_train.augment_structures import (
     maybe_motion_blur,
     sample_planes,
 )
-
-HEATMAP_STRIDE = 4
-# A key-point is a structure's centre, not its extent: distances from key-points are reduced by
-# this (about half a vertebral body's diagonal) before they are compared with the loss margins.
-KEYPOINT_EXTENT_MM = 25.0
-# Distances are only compared with margins below this; clipping keeps them in float16.
-DISTANCE_CLIP_MM = 200.0
+from scar_train.targets import (
+    DISTANCE_CLIP_MM,
+    HEATMAP_STRIDE,
+    centroids_2d,
+    distance_to_points,
+    gap_weight_map,
+    gaussian_heatmaps,
+)
 
 
 @dataclass
@@ -175,58 +177,15 @@ class Batch:
     ce_weight: np.ndarray | None = None
 
 
-def gaussian_heatmaps(points: dict[int, tuple[float, float]], shape: tuple[int, int],
-                      sigma_px: float) -> np.ndarray:
-    """(10, H/4, W/4) heatmaps: a unit-peak Gaussian at each point (input pixel coords)."""
-    h, w = shape[0] // HEATMAP_STRIDE, shape[1] // HEATMAP_STRIDE
-    # heatmap cell i covers input pixels 4i..4i+3, centre 4i + 1.5 (matches the model's decoding)
-    ys = np.arange(h) * HEATMAP_STRIDE + (HEATMAP_STRIDE - 1) / 2
-    xs = np.arange(w) * HEATMAP_STRIDE + (HEATMAP_STRIDE - 1) / 2
-    out = np.zeros((L.NUM_KEYPOINTS, h, w), dtype=np.float32)
-    for k, (r, c) in points.items():
-        gy = np.exp(-((ys - r) ** 2) / (2 * sigma_px**2))
-        gx = np.exp(-((xs - c) ** 2) / (2 * sigma_px**2))
-        out[k] = gy[:, None] * gx[None, :]
-    return out
+class Sample(NamedTuple):
+    """One training sample from :meth:`SliceSampler.sample` (one row of a :class:`Batch`)."""
 
-
-def _centroids_2d(labels: np.ndarray, classes) -> dict[int, tuple[float, float]]:
-    """Key-point index -> (row, col) centroid for each of ``classes`` present in ``labels``."""
-    flat = labels.ravel().astype(np.intp)
-    counts = np.bincount(flat, minlength=L.NUM_CLASSES)
-    rows, cols = np.indices(labels.shape)
-    sum_r = np.bincount(flat, weights=rows.ravel(), minlength=L.NUM_CLASSES)
-    sum_c = np.bincount(flat, weights=cols.ravel(), minlength=L.NUM_CLASSES)
-    return {L.keypoint_index(c): (sum_r[c] / counts[c], sum_c[c] / counts[c])
-            for c in classes if c in L.LUMBAR_IDS and counts[c] > 0}
-
-
-# Bone-like and disc-like classes, for the gap between them (anchors included), from the label map.
-_BODY_LIKE = np.array([s.model_id for s in L.ALL_STRUCTURES if s.kind in ("vertebra", "sacrum")])
-_DISC_LIKE = np.array([s.model_id for s in L.ALL_STRUCTURES if s.kind == "disc"])
-
-
-def gap_weight_map(labels: np.ndarray, mm_per_px: float, weight: float,
-                   sigma_mm: float) -> np.ndarray:
-    """(H, W) cross-entropy weights ``1 + weight * exp(-(d_body + d_disc)^2 / (2 sigma^2))`` on
-    background pixels, 1 elsewhere (U-Net's weight map, Ronneberger et al. 2015, with the two
-    nearest "cells" read as the nearest body and the nearest disc).
-
-    Why: SPIDER-style masks leave a 1-3 mm background gap between each disc and its endplates.
-    Its pixels are ~1% of a crop, so plain cross-entropy hardly sees them, and v2 drew the discs
-    7-55% too large there, on train cases as on val. Only for masks that label both kinds: where
-    one kind is unlabelled the gap is unknown, not background.
-    """
-    body = np.isin(labels, _BODY_LIKE)
-    disc = np.isin(labels, _DISC_LIKE)
-    out = np.ones(labels.shape, np.float32)
-    if weight <= 0 or not body.any() or not disc.any():
-        return out
-    d_body = ndimage.distance_transform_edt(~body) * mm_per_px
-    d_disc = ndimage.distance_transform_edt(~disc) * mm_per_px
-    gap = labels == 0
-    out[gap] += weight * np.exp(-((d_body[gap] + d_disc[gap]) ** 2) / (2 * sigma_mm**2))
-    return out
+    image: np.ndarray  # (C, H, W) float32, augmented
+    labels: np.ndarray  # (H, W) model class ids (zeros for a key-point-only case)
+    points: dict[int, tuple[float, float]]  # key-point index -> (row, col) in the crop
+    case: PreparedCase
+    distance: np.ndarray  # (H, W) mm to the nearest labelled structure
+    ce_weight: np.ndarray | None  # (H, W) cross-entropy weight, None = 1 everywhere
 
 
 class SliceSampler:
@@ -284,7 +243,7 @@ class SliceSampler:
         rot = np.array([[math.cos(theta), -math.sin(theta)], [math.sin(theta), math.cos(theta)]])
         return rot / s, s  # output offset -> source offset
 
-    def sample(self, pc: PreparedCase) -> tuple:
+    def sample(self, pc: PreparedCase) -> Sample:
         h, w = self.crop
         rng = self.rng
         s = int(rng.choice(pc.fg_slices)) if (rng.random() < self.fg_fraction
@@ -322,7 +281,7 @@ class SliceSampler:
                                             prefilter=False)
             if st is not None:  # before the scanner-level terms: a property of the anatomy
                 x, y, dist = augment_structures(x, y, dist, pc.labelled_classes, st, rng)
-            points = _centroids_2d(y, sorted(pc.labelled_classes))
+            points = centroids_2d(y, sorted(pc.labelled_classes))
         else:
             y = np.zeros((h, w), np.uint8)
             points = {}
@@ -332,14 +291,14 @@ class SliceSampler:
                 anchors.append(q)  # every annotated centre bounds where structures can be
                 if lo <= s <= hi and 0 <= q[0] < h and 0 <= q[1] < w:
                     points[k] = (float(q[0]), float(q[1]))
-            dist = _distance_to_points(anchors, (h, w), self._mm_per_px(A))
+            dist = distance_to_points(anchors, (h, w), self._mm_per_px(A))
         if st is not None:
             x = maybe_motion_blur(x, st, rng)
         x = self._intensity(x)
         cew = None  # weight 1 everywhere
         if self.gap_weight > 0 and lab is not None and pc.case.supervision == "both":
             cew = gap_weight_map(y, self._mm_per_px(A), self.gap_weight, self.gap_sigma_mm)
-        return x, y, points, pc, dist, cew
+        return Sample(image=x, labels=y, points=points, case=pc, distance=dist, ce_weight=cew)
 
     def _mm_per_px(self, A: np.ndarray) -> float:
         # the grid is at the preprocessing spacing; A scales output pixels to source pixels
@@ -390,31 +349,19 @@ class SliceSampler:
                       kp_mask=np.zeros((n, L.NUM_KEYPOINTS), bool),
                       distance=np.zeros((n, h, w), np.float32),
                       ce_weight=np.ones((n, h, w), np.float32) if self.gap_weight > 0 else None)
-        for i, (x, y, points, pc, dist, cew) in enumerate(samples):
-            batch.image[i] = x
-            batch.labels[i] = y
+        for i, smp in enumerate(samples):
+            pc = smp.case
+            batch.image[i] = smp.image
+            batch.labels[i] = smp.labels
             batch.class_mask[i, 0] = True
             batch.class_mask[i, list(pc.labelled_classes)] = True
             batch.has_seg[i] = not pc.is_weak
-            batch.heatmaps[i] = gaussian_heatmaps(points, (h, w), self.sigma_px)
+            batch.heatmaps[i] = gaussian_heatmaps(smp.points, (h, w), self.sigma_px)
             batch.kp_mask[i, list(pc.labelled_keypoints)] = True
-            batch.distance[i] = dist
-            if cew is not None:
-                batch.ce_weight[i] = cew
+            batch.distance[i] = smp.distance
+            if smp.ce_weight is not None:
+                batch.ce_weight[i] = smp.ce_weight
         return batch
-
-
-def _distance_to_points(points: list[np.ndarray], shape: tuple[int, int],
-                        mm_per_px: float) -> np.ndarray:
-    """(H, W) mm from each pixel to the nearest key-point, less KEYPOINT_EXTENT_MM (>= 0)."""
-    if not points:
-        return np.full(shape, DISTANCE_CLIP_MM, np.float32)
-    rows, cols = np.arange(shape[0])[:, None], np.arange(shape[1])[None, :]
-    d2 = np.full(shape, np.inf)
-    for r, c in points:
-        d2 = np.minimum(d2, (rows - r) ** 2 + (cols - c) ** 2)
-    d = np.sqrt(d2) * mm_per_px - KEYPOINT_EXTENT_MM
-    return np.clip(d, 0, DISTANCE_CLIP_MM).astype(np.float32)
 
 
 def _lowres(u: np.ndarray, factor: float) -> np.ndarray:

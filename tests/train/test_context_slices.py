@@ -19,8 +19,8 @@ import torch
 from conftest import CHU_IMG, CHU_SEG, assert_one_line_error, run_scar
 
 from scar_runtime.cli import NO_LUMBAR_SPINE_EXIT
-from scar_runtime.dataset import read_index
-from scar_runtime.preprocess import PreprocessConfig
+from scar_runtime.evaluation.dataset import read_index
+from scar_runtime.pipeline.preprocess import PreprocessConfig
 from scar_train.checkpoint import load_checkpoint
 from scar_train.data import AugmentConfig, SliceSampler, prepare_case
 from scar_train.model import ScarNetConfig, build_model
@@ -44,8 +44,8 @@ def _draw(pc, k: int, seed: int = 3):
 
 def test_sampler_channels_are_the_slice_and_its_real_neighbours(tmp_path, mini_index):
     full, _ = _prepared(tmp_path, mini_index)
-    x2, y2, *_ = _draw(full, 0)
-    x3, y3, *_ = _draw(full, 1)
+    d2, d3 = _draw(full, 0), _draw(full, 1)
+    x2, y2, x3, y3 = d2.image, d2.labels, d3.image, d3.labels
     assert x2.shape == (1, 256, 256)
     assert x3.shape == (3,) + x2.shape[1:]
     np.testing.assert_array_equal(x3[1], x2[0])  # same draw: the centre is the 2D sample
@@ -70,7 +70,7 @@ def test_single_slice_keypoint_image_repeats_its_slice(tmp_path, mini_index):
     weak.image = one
     weak.fg_slices = np.array([0])
     weak.keypoints = {k: (r, c, 0, 0) for k, (r, c, _, _) in weak.keypoints.items()}
-    x, *_ = _draw(weak, 2)
+    x = _draw(weak, 2).image
     assert x.shape[0] == 5
     for j in range(5):
         np.testing.assert_array_equal(x[j], x[2])
