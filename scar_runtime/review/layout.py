@@ -26,7 +26,7 @@ def cohort_url(name: str | None = None) -> str:
 
 
 def file_url(name: str) -> str:
-    return f"/files/{quote(name, safe='')}"
+    return f"/files/{quote(name)}"  # "/" kept: a manifest's case name may name a subfolder
 
 
 def number(value, digits: int = 1, scale: float = 1.0) -> str:

@@ -22,7 +22,7 @@ import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from scar_runtime.errors import ConfigError, ScarError
 from scar_runtime.review.case_page import case_page, image_route
@@ -105,22 +105,25 @@ class ReviewHandler(BaseHTTPRequestHandler):
             if found is None:
                 raise _Answer(HTTPStatus.NOT_FOUND, "no such file")
             return "file", found
-        segments = decode_segments(tail)
         if head == "files":  # any file of the folder, read-only
-            path = inside(self.folder.root, segments)  # Forbidden (403) when it leads out
+            path = inside(self.folder.root, decode_segments(tail))  # 403 when it leads out
             return "file", (self._exists(path), _content_type(path))
         if head in ("case", "cohort"):
-            case = self.folder.case(segments[0])
+            # a case is named only by matching a case of the table exactly (a manifest's case
+            # name may hold a "/", sent as %2F); its files are then found from that name, each
+            # through the same inside-OUT check, never from the request's text
+            raw_case, _, rest = tail.partition("/")
+            case = self.folder.case(unquote(raw_case, errors="replace"))
             if case is None:
                 raise _Answer(HTTPStatus.NOT_FOUND, "no such case in this folder")
-            if head == "cohort" and len(segments) == 1:
+            if head == "cohort" and not rest:
                 return "html", cohort_page(self.folder, case)
-            if head == "case" and len(segments) == 1:
+            if head == "case" and not rest:
                 return "html", case_page(self.folder, case)
-            if head == "case" and segments[1:] == ["seg.nii.gz"]:
+            if head == "case" and rest == "seg.nii.gz":
                 return "file", (self._exists(self.folder.segmentation(case.name)), BINARY)
             route = image_route(self.folder, case)
-            if head == "case" and route and segments[1:] == [route.lstrip("/")]:
+            if head == "case" and route and rest == route.lstrip("/"):
                 return "file", (self._exists(self.folder.source_image(case)), BINARY)
         raise _Answer(HTTPStatus.NOT_FOUND, "no such page")
 

@@ -415,3 +415,17 @@ def test_failed_case_shows_as_failed(server, page):
     assert page.locator(".status").first.inner_text() == "failed"
     assert "truncated gzip file" in page.locator("aside .error").inner_text()
     assert page.locator("#no-viewer").count() == 1 and page.locator("#viewer").count() == 0
+    # the first flagged case: no earlier one; "next flagged" walks the flagged cases in the
+    # index's order, and the last has no next
+    flagged = _flagged_cases(server)
+    assert flagged[0] == "broken_img" and page.locator("#prev-flagged").count() == 0
+    for name in flagged[1:]:
+        page.click("#next-flagged")
+        page.wait_for_url(f"**/case/{name}")
+    assert page.locator("#next-flagged").count() == 0
+
+
+def _flagged_cases(server: str) -> list[str]:
+    """The flagged cases of the index, in its order, read from its HTML."""
+    html = raw_get(server, "/")[1].decode()
+    return re.findall(r'<tr class="flagged"[^>]*><td data-v="([^"]*)"', html)
