@@ -18,7 +18,7 @@ import numpy as np
 from scar_runtime.errors import ScarError
 from scar_runtime.evaluation.dataset import Case, read_index
 from scar_runtime.io import load_volume
-from scar_runtime.preprocess import PreprocessConfig, image_to_slices
+from scar_runtime.pipeline.preprocess import PreprocessConfig, image_to_slices
 
 SAMPLE_IMAGE = "chu2015_14_crop_img.nii.gz"
 

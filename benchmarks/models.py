@@ -128,7 +128,7 @@ def export_from_checkpoint(ckpt: Path, out: Path, *, fp16: bool, fast_forms: boo
     from scar_export.model import export_module, load_model
     from scar_export.onnx_export import export_onnx, save_onnx, set_metadata
     from scar_runtime.model_meta import ModelMetadata
-    from scar_runtime.preprocess import PreprocessConfig
+    from scar_runtime.pipeline.preprocess import PreprocessConfig
 
     t0 = time.time()
     model, ck = load_model(ckpt)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 
-from scar_runtime.segmenter import SegmentationResult, Segmenter
+from scar_runtime.pipeline.segmenter import SegmentationResult, Segmenter
 
 
 def timed_segment(seg: Segmenter, volume) -> tuple[SegmentationResult, dict]:

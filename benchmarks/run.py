@@ -245,7 +245,7 @@ def prepare(args, st: S.Settings, chosen: list[tuple], threads: int, workdir: Pa
     gflop, gnote = None, "FlopCounterMode: conv, matmul, attention; 2 FLOP per MAC; " \
                          "element-wise ops not counted"
     from scar_runtime.io import load_volume
-    from scar_runtime.preprocess import plan_grid
+    from scar_runtime.pipeline.preprocess import plan_grid
 
     ref = load_volume(data.volume_image)
     grid = plan_grid(ref.shape[:2], ref.inplane_spacing, cfg)
@@ -308,7 +308,7 @@ def prepare(args, st: S.Settings, chosen: list[tuple], threads: int, workdir: Pa
             continue
         batches, phases, env = list(st.batches), ["latency", "volume", "accuracy"], {}
         if b == "auto":  # the default path: scar infer's batch, end to end, a fresh choice
-            from scar_runtime.segmenter import DEFAULT_BATCH
+            from scar_runtime.pipeline.segmenter import DEFAULT_BATCH
 
             batches, phases = [DEFAULT_BATCH], ["volume", "big_volume"]
             env = {"XDG_CACHE_HOME": str(workdir / "xdg-cache")}

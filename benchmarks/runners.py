@@ -14,7 +14,7 @@ import numpy as np
 
 from scar_runtime.backends import Runner, create_runner
 from scar_runtime.model_meta import ModelMetadata
-from scar_runtime.preprocess import PreprocessConfig
+from scar_runtime.pipeline.preprocess import PreprocessConfig
 
 
 class TorchRunner(Runner):

@@ -116,7 +116,7 @@ def run_volume(seg, image: Path, write_dir: Path, name: str) -> tuple[dict, obje
 
 def measure_volume(seg, spec: dict, budget: Budget) -> dict:
     from scar_runtime.io import load_volume
-    from scar_runtime.preprocess import iter_slice_batches
+    from scar_runtime.pipeline.preprocess import iter_slice_batches
 
     image = Path(spec["volume"]["image"])
     vol = load_volume(image)
@@ -212,7 +212,7 @@ def measure_big_volume(seg, spec: dict) -> dict:
 
 def run(spec: dict) -> dict:
     from benchmarks.runners import make_runner
-    from scar_runtime.segmenter import Segmenter
+    from scar_runtime.pipeline.segmenter import Segmenter
 
     res: dict = {"variant": spec["variant"], "notes": []}
     phases = spec.get("phases") or ["latency", "volume", "accuracy"]

@@ -23,7 +23,7 @@ from scar_runtime.atomic import atomic_write_bytes, atomic_write_text, atomic_wr
 from scar_runtime.atomic import check_output_path as _check_output
 from scar_runtime.errors import ConfigError, ModelError, OutputError
 from scar_runtime.model_meta import ModelMetadata
-from scar_runtime.preprocess import PreprocessConfig
+from scar_runtime.pipeline.preprocess import PreprocessConfig
 
 TRAINING_SUMMARY_KEYS = ("mean_dice", "mean_vertebra_dice", "mean_disc_dice",
                          "identification_rate", "n_cases")

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from scar_runtime.errors import ModelError
-from scar_runtime.preprocess import PreprocessConfig
+from scar_runtime.pipeline.preprocess import PreprocessConfig
 from scar_train.checkpoint import load_checkpoint
 from scar_train.model import ScarNet, ScarNetConfig, build_model
 

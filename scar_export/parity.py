@@ -29,7 +29,7 @@ import numpy as np
 
 from scar_runtime import labels as L
 from scar_runtime.errors import ScarError
-from scar_runtime.preprocess import PreprocessConfig, image_to_slices, labels_to_slices
+from scar_runtime.pipeline.preprocess import PreprocessConfig, image_to_slices, labels_to_slices
 
 SIZES = ((256, 256), (320, 192), (384, 384))
 BATCHES = (1, 4)

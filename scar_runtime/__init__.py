@@ -9,7 +9,7 @@ __version__ = "0.1.0"
 
 def __getattr__(name):  # `from scar_runtime import Segmenter` without slowing `import`
     if name == "Segmenter":
-        from scar_runtime.segmenter import Segmenter
+        from scar_runtime.pipeline.segmenter import Segmenter
 
         return Segmenter
     raise AttributeError(name)

@@ -14,7 +14,7 @@ from importlib import resources
 from pathlib import Path
 
 from scar_runtime.cli import run
-from scar_runtime.segmenter import default_model_path
+from scar_runtime.pipeline.segmenter import default_model_path
 
 SAMPLE_IMAGE = "chu2015_14_crop_img.nii.gz"
 SAMPLE_MASK = "chu2015_14_crop_seg.nii.gz"

@@ -32,8 +32,8 @@ from scar_runtime.folder_run.resume import ModelIdentity, resolve_model
 from scar_runtime.folder_run.table import table_paths, write_table
 from scar_runtime.io import Volume, load_volume, nifti_stem
 from scar_runtime.outputs import check_out_dir, output_set, resolve_formats
+from scar_runtime.pipeline.segmenter import DEFAULT_BATCH, Segmenter
 from scar_runtime.postprocess import PostprocessConfig
-from scar_runtime.segmenter import DEFAULT_BATCH, Segmenter
 
 if TYPE_CHECKING:
     from scar_runtime.cluster.ray_run import RayOptions

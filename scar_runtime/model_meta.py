@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from scar_runtime import __version__
 from scar_runtime import labels as L
 from scar_runtime.errors import ModelError
-from scar_runtime.preprocess import PreprocessConfig
+from scar_runtime.pipeline.preprocess import PreprocessConfig
 
 FORMAT = "scar-net-onnx"
 FORMAT_VERSION = 2  # the newest this scar-net reads and writes

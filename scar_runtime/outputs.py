@@ -23,7 +23,7 @@ from scar_runtime import labels as L
 from scar_runtime.atomic import InputSet, check_output_path, write_files_atomic
 from scar_runtime.errors import ConfigError, OutputError
 from scar_runtime.io import dicom_source, nifti_stem
-from scar_runtime.segmenter import SegmentationResult
+from scar_runtime.pipeline.segmenter import SegmentationResult
 
 if TYPE_CHECKING:
     from scar_runtime.io.dicom_seg import AlgorithmInfo

@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> dict:
     from pathlib import Path
 
     from scar_runtime.evaluation.dataset import read_index
-    from scar_runtime.preprocess import PreprocessConfig
+    from scar_runtime.pipeline.preprocess import PreprocessConfig
     from scar_train.config import TrainConfig
     from scar_train.data import AugmentConfig, SliceSampler, prepare_case
     from scar_train.model import ScarNetConfig, build_model

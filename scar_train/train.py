@@ -24,7 +24,7 @@ import torch.distributed as dist
 from scar_runtime.atomic import check_folder_creatable
 from scar_runtime.errors import ConfigError, DataIndexError
 from scar_runtime.evaluation.dataset import Case, index_hash, read_index
-from scar_runtime.preprocess import PreprocessConfig
+from scar_runtime.pipeline.preprocess import PreprocessConfig
 from scar_train.augment_structures import StructureAugmentConfig
 from scar_train.checkpoint import load_checkpoint, save_checkpoint
 from scar_train.config import TrainConfig

@@ -17,7 +17,7 @@ import torch
 
 from scar_runtime.evaluation import metrics as M
 from scar_runtime.evaluation.dataset import Case
-from scar_runtime.preprocess import PreprocessConfig, image_to_slices, slices_to_labels
+from scar_runtime.pipeline.preprocess import PreprocessConfig, image_to_slices, slices_to_labels
 
 
 @torch.no_grad()

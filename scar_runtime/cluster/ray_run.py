@@ -173,7 +173,7 @@ class CaseWorker:
                  threads: int, input_paths: list[str], counter, options: RayOptions,
                  kill_marker: str | None = None, kill_always: str | None = None):
         from scar_runtime.atomic import InputSet
-        from scar_runtime.segmenter import Segmenter
+        from scar_runtime.pipeline.segmenter import Segmenter
 
         # the libraries' own thread pools, not only the backend's: the actor owns `threads` CPUs
         os.environ["OMP_NUM_THREADS"] = str(threads)

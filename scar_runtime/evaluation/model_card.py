@@ -27,8 +27,8 @@ from scar_runtime.evaluation import metrics as M
 from scar_runtime.evaluation.dataset import read_index
 from scar_runtime.evaluation.metrics import summarize
 from scar_runtime.hashing import file_sha256
+from scar_runtime.pipeline.segmenter import Segmenter
 from scar_runtime.postprocess import PostprocessConfig
-from scar_runtime.segmenter import Segmenter
 
 
 def _levels_right_at_points(labels: np.ndarray, vol, points: dict[int, np.ndarray]) -> bool:

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from scar_runtime.infer import CaseInput
     from scar_runtime.io import Volume
     from scar_runtime.io.dicom_seg import AlgorithmInfo
-    from scar_runtime.segmenter import Segmenter
+    from scar_runtime.pipeline.segmenter import Segmenter
 
 
 @dataclass(frozen=True)

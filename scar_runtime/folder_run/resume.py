@@ -43,7 +43,7 @@ class ModelIdentity:
 
 def resolve_model(model: Path | str | None) -> Path:
     """The model a run uses: ``model``, else the one shipped with scar-net (Segmenter's rule)."""
-    from scar_runtime.segmenter import default_model_path
+    from scar_runtime.pipeline.segmenter import default_model_path
 
     if model is not None:
         return Path(model)

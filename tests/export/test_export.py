@@ -41,7 +41,7 @@ from scar_export.reference_ops import REFERENCE_OPS
 from scar_export.reference_ops import ChannelAttention as RefChannelAttention
 from scar_runtime.evaluation.dataset import read_index
 from scar_runtime.model_meta import ModelMetadata
-from scar_runtime.preprocess import PreprocessConfig, image_to_slices
+from scar_runtime.pipeline.preprocess import PreprocessConfig, image_to_slices
 from scar_train.model import ScarNetConfig, build_model
 from scar_train.model.at import dynamic_depthwise_conv, modulated_attention
 from scar_train.model.heads import soft_argmax_2d

@@ -29,7 +29,7 @@ MPEG2 = "1.2.840.10008.1.2.4.100"  # a video transfer syntax no pixel decoder re
 @pytest.fixture(scope="module")
 def model(request):
     """The shipped model when it matches this scar-net's label map, else the tiny real one."""
-    from scar_runtime.segmenter import Segmenter, default_model_path
+    from scar_runtime.pipeline.segmenter import Segmenter, default_model_path
 
     try:
         Segmenter().close()

@@ -46,7 +46,7 @@ STEM = "fcs_vb2_chu_06_2mm_img"
 @pytest.fixture(scope="module")
 def model(request):
     """The shipped model when it matches this scar-net's label map, else the tiny real one."""
-    from scar_runtime.segmenter import Segmenter, default_model_path
+    from scar_runtime.pipeline.segmenter import Segmenter, default_model_path
 
     try:
         Segmenter().close()

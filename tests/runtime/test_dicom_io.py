@@ -152,7 +152,7 @@ def test_the_nifti_path_needs_neither_pydicom_nor_highdicom(tmp_path):
     installed, so "not in sys.modules" would test nibabel, not scar-net.)"""
     code = ("import sys; sys.modules['pydicom'] = None; sys.modules['highdicom'] = None\n"
             "import scar_runtime, scar_runtime.cli, scar_runtime.io, scar_runtime.infer, "
-            "scar_runtime.outputs, scar_runtime.segmenter, scar_runtime.io.dicom_seg, "
+            "scar_runtime.outputs, scar_runtime.pipeline.segmenter, scar_runtime.io.dicom_seg, "
             "scar_runtime.io.dicom\n"
             "from scar_runtime.io import load_volume\n"
             f"load_volume({str(CHU_IMG)!r})\n"

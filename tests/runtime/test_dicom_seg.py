@@ -26,7 +26,7 @@ from scar_runtime.errors import ConfigError  # noqa: E402
 from scar_runtime.io import dicom_source, load_volume  # noqa: E402
 from scar_runtime.io.dicom_seg import AlgorithmInfo, make_segmentation, segment_label  # noqa: E402
 from scar_runtime.outputs import write_case  # noqa: E402
-from scar_runtime.segmenter import SegmentationResult, default_model_path  # noqa: E402
+from scar_runtime.pipeline.segmenter import SegmentationResult, default_model_path  # noqa: E402
 
 CHU_DICOM = TEST_DATA / "fcs_vb2_chu_06_2mm_dicom"
 SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"

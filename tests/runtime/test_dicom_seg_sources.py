@@ -32,7 +32,7 @@ from scar_runtime import labels as L  # noqa: E402
 from scar_runtime.io import dicom_source, load_volume  # noqa: E402
 from scar_runtime.io.dicom_seg import AlgorithmInfo  # noqa: E402
 from scar_runtime.outputs import write_case  # noqa: E402
-from scar_runtime.segmenter import SegmentationResult, default_model_path  # noqa: E402
+from scar_runtime.pipeline.segmenter import SegmentationResult, default_model_path  # noqa: E402
 
 DEIDENTIFIED = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate",
                 "StudyTime", "StudyID", "AccessionNumber", "SliceThickness",

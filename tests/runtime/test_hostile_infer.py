@@ -32,7 +32,7 @@ from scar_runtime.cli import NO_LUMBAR_SPINE_EXIT
 from scar_runtime.errors import ResourceError, from_library
 from scar_runtime.infer import run_infer
 from scar_runtime.io import is_scar_output
-from scar_runtime.preprocess import PreprocessConfig, iter_slice_batches, slices_to_labels
+from scar_runtime.pipeline.preprocess import PreprocessConfig, iter_slice_batches, slices_to_labels
 
 SAMPLE = REPO / "scar_runtime" / "sample" / "chu2015_14_crop_img.nii.gz"
 

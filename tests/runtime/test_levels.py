@@ -21,7 +21,7 @@ from scar_runtime import labels as L
 from scar_runtime.cli import NO_LUMBAR_SPINE_EXIT
 from scar_runtime.evaluation import metrics as M
 from scar_runtime.io import load_volume
-from scar_runtime.segmenter import Segmenter
+from scar_runtime.pipeline.segmenter import Segmenter
 
 SAMPLE = REPO / "scar_runtime" / "sample"
 IMG, SEG = SAMPLE / "chu2015_14_crop_img.nii.gz", SAMPLE / "chu2015_14_crop_seg.nii.gz"

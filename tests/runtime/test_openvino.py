@@ -21,8 +21,8 @@ from scar_runtime.backends.precision import gate_passed, parity_record_path, req
 from scar_runtime.errors import ConfigError, ModelError
 from scar_runtime.evaluation.metrics import dice
 from scar_runtime.io import load_volume
-from scar_runtime.preprocess import PreprocessConfig, image_to_slices, slices_to_labels
-from scar_runtime.segmenter import Segmenter, default_model_path
+from scar_runtime.pipeline.preprocess import PreprocessConfig, image_to_slices, slices_to_labels
+from scar_runtime.pipeline.segmenter import Segmenter, default_model_path
 
 pytestmark = [pytest.mark.skipif(importlib.util.find_spec("openvino") is None,
                                  reason="openvino is not installed (pip install "

@@ -12,7 +12,7 @@ from conftest import CHU_IMG, CHU_SEG, SHARED_DATA, needs_shared
 from scar_runtime.evaluation.metrics import dice
 from scar_runtime.io import load_volume
 from scar_runtime.labels import verse_to_model
-from scar_runtime.preprocess import (
+from scar_runtime.pipeline.preprocess import (
     PreprocessConfig,
     image_to_slices,
     iter_slice_batches,

@@ -12,7 +12,7 @@ from scar_runtime.backends import create_runner
 from scar_runtime.backends.onnxruntime import OnnxRuntimeRunner
 from scar_runtime.errors import ModelError
 from scar_runtime.model_meta import OUTPUT_NAMES
-from scar_runtime.segmenter import default_model_path
+from scar_runtime.pipeline.segmenter import default_model_path
 
 MODEL = default_model_path()
 pytestmark = pytest.mark.skipif(MODEL is None, reason="this checkout ships no model")

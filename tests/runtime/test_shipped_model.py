@@ -13,7 +13,7 @@ from conftest import REPO, SHARED_DATA, needs_shared
 
 from scar_runtime import __version__
 from scar_runtime.backends import create_runner
-from scar_runtime.segmenter import default_model_path
+from scar_runtime.pipeline.segmenter import default_model_path
 
 CARD = REPO / "MODEL_CARD.md"
 MARKER = "<!-- model-facts:"

@@ -1,4 +1,4 @@
-"""The geometry of straightening a tilted column (scar_runtime/straighten.py), on synthetic
+"""The geometry of straightening a tilted column (scar_runtime/pipeline/straighten.py), on synthetic
 label volumes: the measured axis, the rotation's round trip, and the world positions of the
 rotated copy. The whole pipeline on a real tilted spine is in test_levels.py."""
 
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from scar_runtime.io.nifti import Volume
-from scar_runtime.preprocess import PreprocessConfig, iter_slice_batches
-from scar_runtime.straighten import InplaneRotation, column_axis_deg
+from scar_runtime.pipeline.preprocess import PreprocessConfig, iter_slice_batches
+from scar_runtime.pipeline.straighten import InplaneRotation, column_axis_deg
 
 SPACING = (0.8, 1.2, 4.0)  # anisotropic in-plane pixels: the rotation must work in mm
 SHAPE = (220, 160, 5)

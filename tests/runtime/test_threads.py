@@ -8,7 +8,7 @@ import pytest
 
 from scar_runtime.backends import create_runner
 from scar_runtime.backends.threads import default_threads
-from scar_runtime.segmenter import default_model_path
+from scar_runtime.pipeline.segmenter import default_model_path
 
 SHIPPED = default_model_path()
 

@@ -12,7 +12,7 @@ from scipy import ndimage
 
 from scar_runtime import labels as L
 from scar_runtime.evaluation.dataset import read_index
-from scar_runtime.preprocess import PreprocessConfig
+from scar_runtime.pipeline.preprocess import PreprocessConfig
 from scar_train.augment_structures import (
     BODY_IDS,
     DISC_IDS,

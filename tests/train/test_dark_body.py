@@ -51,7 +51,7 @@ def _body_dice(seg_model, pred) -> dict[str, float]:
 @pytest.fixture(scope="module")
 def results():
     """case -> {"upright": dice per body, body name: dice per body with that body darkened}."""
-    from scar_runtime.segmenter import Segmenter
+    from scar_runtime.pipeline.segmenter import Segmenter
 
     cases = [e for e in json.loads(INDEX.read_text())
              if e["split"] == "val" and e["dataset"] == "seg_spider2024"]

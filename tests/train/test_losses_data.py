@@ -8,7 +8,7 @@ import torch
 
 from scar_runtime import labels as L
 from scar_runtime.evaluation.dataset import read_index
-from scar_runtime.preprocess import PreprocessConfig
+from scar_runtime.pipeline.preprocess import PreprocessConfig
 from scar_train.data import AugmentConfig, SliceSampler, gaussian_heatmaps, prepare_case
 from scar_train.losses import heatmap_loss, partial_ce, partial_soft_dice
 

@@ -12,7 +12,7 @@ from conftest import IVD_IMG, SHARED_INDEX, needs_shared
 from scar_runtime import Segmenter
 from scar_runtime.evaluation.dataset import read_index
 from scar_runtime.io import load_volume
-from scar_runtime.preprocess import PreprocessConfig
+from scar_runtime.pipeline.preprocess import PreprocessConfig
 from scar_train.checkpoint import load_checkpoint
 from scar_train.model import ScarNetConfig, build_model
 from scar_train.validate import predict_labels

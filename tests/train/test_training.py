@@ -18,7 +18,7 @@ from scar_runtime import labels as L
 from scar_runtime.evaluation.metrics import dice
 from scar_runtime.io import load_volume
 from scar_runtime.labels import verse_to_model
-from scar_runtime.preprocess import PreprocessConfig, image_to_slices, labels_to_slices
+from scar_runtime.pipeline.preprocess import PreprocessConfig, image_to_slices, labels_to_slices
 from scar_train.checkpoint import load_checkpoint
 from scar_train.losses import scar_loss
 from scar_train.model import ScarNetConfig, build_model

@@ -16,14 +16,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from scar_runtime.errors import InputFileError
 from scar_runtime.io.dicom.attrs import (
     MEDIA_STORAGE_DIRECTORY,
     MR_IMAGE_STORAGE,
     MULTIFRAME_MR,
-    ORIENTATION_ATOL,
     SEGMENTATION_STORAGE,
     attr,
     file_uid,
@@ -92,11 +89,11 @@ class DicomSeries:
                  for v in (_values(attr(d, "ImageType")))}
         if "LOCALIZER" in kinds:
             return "localizer"
-        iops = [orientation_or_none(d) for d in self.headers]
-        iops = [o for o in iops if o is not None]
-        if iops and max(np.abs(o - iops[0]).max() for o in iops) > ORIENTATION_ATOL:
-            planes = sorted({plane_of(o) for o in iops})
-            return f"mixed orientations: {', '.join(planes)}"
+        # several planes (a 3-plane scout); one tilted slice in a stack is not a localizer but
+        # a broken stack, refused as such when the series is read
+        planes = {plane_of(orientation_or_none(d)) for d in self.headers} - {"no orientation"}
+        if len(planes) > 1:
+            return f"mixed orientations: {', '.join(sorted(planes))}"
         return None
 
     @property

@@ -25,11 +25,11 @@ from scar_runtime import labels as L
 from scar_runtime.backends import Runner, create_runner
 from scar_runtime.errors import ConfigError, InvalidImageError
 from scar_runtime.io import Volume, labels_to_image, load_volume, volume_from_image
+from scar_runtime.pipeline.preprocess import intensity_stats, iter_slice_batches, slices_to_labels
+from scar_runtime.pipeline.straighten import InplaneRotation, column_axis_deg
 from scar_runtime.postprocess import PostprocessConfig, PostprocessReport, postprocess
 from scar_runtime.postprocess.naming import keypoints_inside
 from scar_runtime.postprocess.slice_smoothing import SliceSmoother
-from scar_runtime.preprocess import intensity_stats, iter_slice_batches, slices_to_labels
-from scar_runtime.straighten import InplaneRotation, column_axis_deg
 
 DEFAULT_MODEL_NAME = "scarnet_small.onnx"
 # Slices per backend call. Batch 1 keeps the peak RSS lowest (the AT attention matrix grows with
