@@ -223,6 +223,3 @@ def index_hash(path: Path | str) -> str:
     """SHA-256 of the index file's bytes (recorded in checkpoints and exported models)."""
     return file_sha256(path)
 
-
-def split_cases(cases: list[Case], split: str) -> list[Case]:
-    return [c for c in cases if c.split == split]

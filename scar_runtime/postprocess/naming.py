@@ -44,12 +44,6 @@ KEYPOINT_WEIGHT = 1.0  # units of evidence per key-point inside the structure of
 LOWEST_DISC_WEIGHT = 3.0  # units for "the lowest disc above the sacrum is L5/S1"
 
 
-def kind_at(pos: int) -> str:
-    if pos == S1_POS:
-        return "sacrum"
-    return "disc" if pos % 2 else "vertebra"
-
-
 def class_at(pos: int) -> int:
     """Class id written for a position (0: not a scored or anchor structure)."""
     return _POS_CLASS.get(pos, 0)
