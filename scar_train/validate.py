@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from nibabel.affines import apply_affine
 
 from scar_runtime.evaluation import metrics as M
 from scar_runtime.evaluation.dataset import Case
@@ -48,14 +49,13 @@ def keypoint_errors_mm(case: Case, vol, kp: np.ndarray, peak: np.ndarray, grid) 
     for k, world in case.load_keypoints().items():
         s = int(peak[:, k].argmax())
         r, c = grid.to_input(kp[s, k])
-        pred_world = vol.affine[:3, :3] @ np.array([r, c, s]) + vol.affine[:3, 3]
+        pred_world = apply_affine(vol.affine, [r, c, s])
         errs.append(float(np.linalg.norm(pred_world - world)))
     return errs
 
 
 def _world_to_voxel(vol, world: np.ndarray) -> np.ndarray:
-    inv = np.linalg.inv(vol.affine)
-    return inv[:3, :3] @ world + inv[:3, 3]
+    return apply_affine(np.linalg.inv(vol.affine), world)
 
 
 def validate(model: torch.nn.Module, cases: list[Case], cfg: PreprocessConfig, *,

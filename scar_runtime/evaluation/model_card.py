@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import typer
+from nibabel.affines import apply_affine
 
 from scar_runtime import labels as L
 from scar_runtime.atomic import atomic_write_text, check_output_path
@@ -35,7 +36,7 @@ def _levels_right_at_points(labels: np.ndarray, vol, points: dict[int, np.ndarra
     """Key-point case: every annotated centre lies inside the predicted structure of its name."""
     inv = np.linalg.inv(vol.affine)
     for k, world in points.items():
-        ijk = np.round(inv[:3, :3] @ world + inv[:3, 3]).astype(int)
+        ijk = np.round(apply_affine(inv, world)).astype(int)
         ijk = np.clip(ijk, 0, np.array(labels.shape) - 1)
         if labels[tuple(ijk)] != k + 1:
             return False
@@ -60,7 +61,7 @@ def evaluate_case(seg: Segmenter, case) -> dict:
         row["levels_right"] = row["score"].identification_rate == 1.0
     else:
         inv = np.linalg.inv(vol.affine)
-        vox = [inv[:3, :3] @ w + inv[:3, 3] for w in points.values()]
+        vox = [apply_affine(inv, w) for w in points.values()]
         row["far_fp"] = M.keypoint_reference_far_share(res.labels, vox, vol.spacing)
         row["levels_right"] = _levels_right_at_points(res.labels, vol, points)
     return row

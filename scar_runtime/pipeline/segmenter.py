@@ -20,6 +20,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+from nibabel.affines import apply_affine
 
 from scar_runtime import labels as L
 from scar_runtime.backends import Runner, create_runner
@@ -249,11 +250,11 @@ class Segmenter:
                 out.append(kp)
                 continue
             work = np.asarray(moved_mm[k], float) / np.array(vol.spacing)
-            world = vol.affine[:3, :3] @ work + vol.affine[:3, 3]
+            world = apply_affine(vol.affine, work)
             if np.allclose(world, kp.world_mm, atol=0.01):
                 out.append(kp)
                 continue
-            src = to_src[:3, :3] @ world + to_src[:3, 3]
+            src = apply_affine(to_src, world)
             out.append(Keypoint(name=kp.name, voxel=[round(float(v), 2) for v in src],
                                 world_mm=[round(float(v), 2) for v in world],
                                 confidence=kp.confidence, slice_index=int(round(work[2]))))
@@ -268,8 +269,8 @@ class Segmenter:
             s = int(kp_conf[:, k].argmax())
             r, c = grid.to_input(kp_net[s, k])
             work = np.array([r, c, s], dtype=np.float64)
-            world = vol.affine[:3, :3] @ work + vol.affine[:3, 3]
-            src = to_src[:3, :3] @ world + to_src[:3, 3]
+            world = apply_affine(vol.affine, work)
+            src = apply_affine(to_src, world)
             confidence = float(np.clip(kp_conf[s, k], 0.0, 1.0))
             out.append(Keypoint(name=name, voxel=[round(float(v), 2) for v in src],
                                 world_mm=[round(float(v), 2) for v in world],

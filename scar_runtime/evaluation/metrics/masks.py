@@ -12,6 +12,7 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
+from nibabel.affines import apply_affine
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
@@ -105,7 +106,7 @@ def _centroid_in_box(labels: np.ndarray, class_id: int, sl: Slices) -> np.ndarra
 
 
 def _to_world(ijk: np.ndarray, affine: np.ndarray) -> np.ndarray:
-    return affine[:3, :3] @ ijk + affine[:3, 3]
+    return apply_affine(affine, ijk)
 
 
 # --------------------------------------------------------------------------------------------
