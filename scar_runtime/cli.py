@@ -19,7 +19,7 @@ from pathlib import Path
 import typer
 
 from scar_runtime import __version__
-from scar_runtime.errors import ConfigError, Interrupted, ScarError, from_library
+from scar_runtime.errors import ConfigError, Interrupted, ScarError, from_library, one_line
 
 # `scar infer` exit status when every case ran but in some no lumbar spine was found (a cervical
 # scan, a knee, noise): distinct from 1 (an error) so scripts can tell the two apart.
@@ -169,7 +169,7 @@ def infer_cmd(
                             batch=batch, force=force, fmt=fmt, series_uid=series,
                             precision=precision, straighten=straighten, ray=ray)
     except Interrupted as e:  # typer would make Ctrl-C a silent exit: say what was finished
-        raise _Stopped(_one_line(e)) from None
+        raise _Stopped(one_line(e)) from None
     for path in summary.written + summary.table:
         typer.echo(str(path))
     if summary.no_spine and (summary.failed or len(summary.done) > 1):
@@ -220,10 +220,6 @@ class _Stopped(BaseException):
     KeyboardInterrupt into a silent exit 130) to ``run``, which prints it."""
 
 
-def _one_line(msg: str) -> str:
-    return " ".join(str(msg).split())
-
-
 def run(argv: list[str] | None = None) -> int:
     """Run the CLI and return the exit code (used by ``main`` and by tests)."""
     route_library_logs(bool(os.environ.get("SCAR_VERBOSE")))
@@ -236,7 +232,7 @@ def run(argv: list[str] | None = None) -> int:
         print(f"scar: interrupted: {e}", file=sys.stderr)
         return 130
     except ScarError as e:
-        print(f"scar: error: {_one_line(e)}", file=sys.stderr)
+        print(f"scar: error: {one_line(e)}", file=sys.stderr)
         return e.exit_code
     except typer.Exit as e:
         return e.exit_code
@@ -245,13 +241,13 @@ def run(argv: list[str] | None = None) -> int:
         if show:
             show()
         else:
-            print(f"scar: error: {_one_line(e)}", file=sys.stderr)
+            print(f"scar: error: {one_line(e)}", file=sys.stderr)
         return e.exit_code
     except typer.Abort:
         print("scar: aborted", file=sys.stderr)
         return 130
     except KeyboardInterrupt as e:
-        why = _one_line(e)  # Interrupted says what was finished
+        why = one_line(e)  # Interrupted says what was finished
         print(f"scar: interrupted{': ' + why if why else ''}", file=sys.stderr)
         return 130
     except MemoryError:
@@ -260,12 +256,12 @@ def run(argv: list[str] | None = None) -> int:
     except Exception as e:  # noqa: BLE001 - the one place that turns bugs into one line
         mapped = from_library(e)  # a library's word for bad input or a full machine
         if mapped is not None:
-            print(f"scar: error: {_one_line(mapped)}", file=sys.stderr)
+            print(f"scar: error: {one_line(mapped)}", file=sys.stderr)
             return mapped.exit_code
         if os.environ.get("SCAR_DEBUG"):
             raise
         print(f"scar: internal error (a bug in scar-net, please report it): "
-              f"{type(e).__name__}: {_one_line(e)} (SCAR_DEBUG=1 shows the traceback)",
+              f"{type(e).__name__}: {one_line(e)} (SCAR_DEBUG=1 shows the traceback)",
               file=sys.stderr)
         return 70
 

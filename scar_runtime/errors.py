@@ -59,13 +59,14 @@ _NO_ACCESS = {1: "operation not permitted", 13: "permission denied",  # EPERM, E
               30: "read-only file system"}  # EROFS
 
 
-def _one_line(text: str) -> str:
+def one_line(text) -> str:
+    """Any message (an exception's included) on one line: the form every error takes here."""
     return " ".join(str(text).split())
 
 
 def library_message(e: BaseException, what: str) -> str:
     """``what``, plus the library's own words when they are short enough to help (one line)."""
-    detail = _one_line(e)
+    detail = one_line(e)
     if not detail or len(detail) > 160:
         return what
     return f"{what} ({detail})"

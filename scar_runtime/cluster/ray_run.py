@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from scar_runtime.cluster import RAY_EXTRA
-from scar_runtime.errors import ConfigError, ScarError
+from scar_runtime.errors import ConfigError, ScarError, one_line
 from scar_runtime.folder_run.case import CaseOutcome, CaseSettings, failed_outcome, run_case
 
 # Test-only hook (tests/runtime/test_ray_run.py): when set to a file path, the first actor to
@@ -75,7 +75,7 @@ def connected(options: RayOptions) -> Iterator[object]:
         else:
             ray.init(address=address, **quiet)
     except Exception as e:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError, ...
-        words = " ".join(str(e).split())[:200] or type(e).__name__
+        words = one_line(e)[:200] or type(e).__name__
         if address.startswith("ray://") and "grpc" in words.lower():
             words = "ray:// addresses need Ray Client: pip install 'ray[client]'"
         raise ConfigError(f"cannot reach Ray cluster at {address} ({words})") from e
@@ -267,7 +267,7 @@ def run_on_ray(cases, todo: list[int], settings: CaseSettings, formats: dict,
         except ScarError:
             raise
         except Exception as e:  # noqa: BLE001 - the job as a whole failed (no actor could start)
-            words = " ".join(str(e).split())
+            words = one_line(e)
             raise ScarError(f"the Ray job failed: {type(e).__name__}: {words[:300]}") from e
         for index in todo:  # a block Ray itself gave up on (never seen in the tests)
             if index not in seen:
