@@ -12,12 +12,14 @@ from __future__ import annotations
 import http.client
 import io
 import json
+import os
 import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 from contextlib import contextmanager
 from pathlib import Path
@@ -44,7 +46,9 @@ pytestmark = pytest.mark.xdist_group("review")
 SAMPLE_IMG = REPO / "scar_runtime" / "sample" / "chu2015_14_crop_img.nii.gz"
 DICOM_STUDY = TEST_DATA / "fcs_vb2_chu_06_2mm_dicom"
 SHOWN_CASE = "chu2015_14_crop_img"  # the sample: 1 mm voxels, the clearest screenshot
-SCREENSHOTS = REPO / "docs" / "images"
+# The README's screenshots come from this test: `SCAR_SCREENSHOTS=docs/images make test` renews
+# them; an ordinary run writes them to a temporary folder (a test run never edits tracked files).
+SCREENSHOTS = Path(os.environ.get("SCAR_SCREENSHOTS") or tempfile.mkdtemp(prefix="scar-shots-"))
 CHROMIUM = Path("/usr/bin/chromium")
 # Software WebGL (SwiftShader): there is no GPU, and Chromium only falls back to it when told
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
