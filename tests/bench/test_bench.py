@@ -17,7 +17,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import CHU_IMG, CHU_SEG, REPO, assert_one_line_error
+from helpers import CHU_IMG, CHU_SEG, REPO, assert_one_line_error
 
 from benchmarks import report as R
 from benchmarks.data import fit, plan_data

@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from helpers import REPO
 
 STUBS = Path(os.environ.get("SCAR_TYPING_STUBS", REPO / ".venv" / "typing-stubs"))
 GPU_MODULES = ["scar_runtime/backends/tensorrt.py", "scar_export/engine.py",

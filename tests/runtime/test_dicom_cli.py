@@ -14,8 +14,8 @@ import pytest
 pydicom = pytest.importorskip("pydicom")
 hd = pytest.importorskip("highdicom")
 
-from conftest import CHU_IMG, TEST_DATA, assert_one_line_error, run_scar  # noqa: E402
 from dicom_series import SeriesSpec, seg_in_world, write_series  # noqa: E402
+from helpers import CHU_IMG, TEST_DATA, assert_one_line_error, run_scar  # noqa: E402
 from PIL import Image  # noqa: E402
 from pydicom.encaps import encapsulate  # noqa: E402
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid  # noqa: E402

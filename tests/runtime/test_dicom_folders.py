@@ -18,14 +18,6 @@ import pytest
 pydicom = pytest.importorskip("pydicom")
 pytest.importorskip("highdicom")
 
-from conftest import (  # noqa: E402
-    CHU_IMG,
-    REPO,
-    TEST_DATA,
-    assert_one_line_error,
-    default_signals,
-    run_scar,
-)
 from dicom_series import (  # noqa: E402
     SeriesSpec,
     assert_frames_at_source_slices,
@@ -34,6 +26,14 @@ from dicom_series import (  # noqa: E402
     write_enhanced,
     write_localizer,
     write_series,
+)
+from helpers import (  # noqa: E402
+    CHU_IMG,
+    REPO,
+    TEST_DATA,
+    assert_one_line_error,
+    default_signals,
+    run_scar,
 )
 from test_dicom_seg_sources import SOURCES  # noqa: E402
 

@@ -13,7 +13,8 @@ import pytest
 
 pydicom = pytest.importorskip("pydicom")
 
-from conftest import (  # noqa: E402
+from dicom_series import SeriesSpec, write_series  # noqa: E402
+from helpers import (  # noqa: E402
     CHU_IMG,
     REPO,
     SHARED_DATA,
@@ -21,7 +22,6 @@ from conftest import (  # noqa: E402
     assert_one_line_error,
     needs_shared,
 )
-from dicom_series import SeriesSpec, write_series  # noqa: E402
 from pydicom.uid import (  # noqa: E402
     DeflatedExplicitVRLittleEndian,
     ImplicitVRLittleEndian,

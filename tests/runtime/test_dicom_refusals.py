@@ -12,7 +12,6 @@ import pytest
 
 pydicom = pytest.importorskip("pydicom")
 
-from conftest import CHU_IMG, TEST_DATA, assert_one_line_error, run_scar  # noqa: E402
 from dicom_series import (  # noqa: E402
     SeriesSpec,
     edit_series,
@@ -20,6 +19,7 @@ from dicom_series import (  # noqa: E402
     write_localizer,
     write_series,
 )
+from helpers import CHU_IMG, TEST_DATA, assert_one_line_error, run_scar  # noqa: E402
 from pydicom.uid import generate_uid  # noqa: E402
 
 from scar_runtime.errors import InvalidImageError  # noqa: E402

@@ -17,8 +17,8 @@ import pytest
 pydicom = pytest.importorskip("pydicom")
 hd = pytest.importorskip("highdicom")
 
-from conftest import CHU_IMG, CHU_SEG, TEST_DATA  # noqa: E402
 from dicom_series import seg_in_world  # noqa: E402
+from helpers import CHU_IMG, CHU_SEG, TEST_DATA  # noqa: E402
 
 from scar_runtime import __version__  # noqa: E402
 from scar_runtime import labels as L  # noqa: E402
@@ -113,7 +113,7 @@ def test_dicom_seg_is_a_valid_segmentation_with_coded_levels(tmp_path, algorithm
 
 
 def test_disc_segments_are_coded_as_discs(tmp_path, algorithm):
-    from conftest import IVD_IMG, IVD_SEG
+    from helpers import IVD_IMG, IVD_SEG
     from dicom_series import SeriesSpec, write_series
 
     write_series(IVD_IMG, tmp_path / "ivd", SeriesSpec(axcodes=("I", "P", "R")))

@@ -19,7 +19,6 @@ import pytest
 pydicom = pytest.importorskip("pydicom")
 hd = pytest.importorskip("highdicom")
 
-from conftest import CHU_IMG, CHU_SEG  # noqa: E402
 from dicom_series import (  # noqa: E402
     assert_frames_at_source_slices,
     edit_series,
@@ -27,6 +26,7 @@ from dicom_series import (  # noqa: E402
     write_enhanced,
     write_series,
 )
+from helpers import CHU_IMG, CHU_SEG  # noqa: E402
 
 from scar_runtime import labels as L  # noqa: E402
 from scar_runtime.io import dicom_source, load_volume  # noqa: E402

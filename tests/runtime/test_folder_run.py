@@ -10,7 +10,7 @@ import shutil
 import subprocess
 import sys
 
-from conftest import (
+from helpers import (
     CERVICAL_IMG,
     CHU_IMG,
     REPO,

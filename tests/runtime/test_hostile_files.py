@@ -13,7 +13,7 @@ import zipfile
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import CHU_SEG, REPO, assert_one_line_error, run_scar
+from helpers import CHU_SEG, REPO, assert_one_line_error, run_scar
 
 from scar_runtime import labels as L
 from scar_runtime.errors import DataIndexError, ModelError

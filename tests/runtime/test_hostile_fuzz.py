@@ -22,7 +22,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import REPO, run_scar
+from helpers import REPO, run_scar
 
 from scar_runtime.cli import NO_LUMBAR_SPINE_EXIT
 from scar_runtime.errors import ScarError

@@ -13,7 +13,7 @@ import zlib
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import CHU_IMG, CHU_SEG, assert_same_geometry
+from helpers import CHU_IMG, CHU_SEG, assert_same_geometry
 
 from scar_runtime.errors import InputFileError, InvalidImageError, ScarError
 from scar_runtime.io import is_scar_output, labels_to_image, load_volume, save_labels

@@ -10,7 +10,7 @@ import sys
 import time
 
 import pytest
-from conftest import REPO, default_signals
+from helpers import REPO, default_signals
 
 from scar_runtime.atomic import _open_unnamed
 

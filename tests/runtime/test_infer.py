@@ -15,7 +15,7 @@ import time
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import (
+from helpers import (
     CHU_IMG,
     REPO,
     SHARED_DATA,

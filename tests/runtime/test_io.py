@@ -5,7 +5,7 @@ from __future__ import annotations
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import (
+from helpers import (
     CERVICAL_IMG,
     CERVICAL_SEG,
     CHU_IMG,

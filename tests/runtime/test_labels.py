@@ -5,7 +5,7 @@ import json
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import CHU_SEG, IVD_SEG, run_scar
+from helpers import CHU_SEG, IVD_SEG, run_scar
 
 from scar_runtime import labels as L
 

@@ -14,7 +14,7 @@ import json
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import CERVICAL_IMG, REPO, run_scar
+from helpers import CERVICAL_IMG, REPO, run_scar
 from scipy import ndimage
 
 from scar_runtime import labels as L

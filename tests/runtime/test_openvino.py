@@ -12,7 +12,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import CHU_IMG, CHU_SEG, IVD_IMG, IVD_SEG, assert_one_line_error, run_scar
+from helpers import CHU_IMG, CHU_SEG, IVD_IMG, IVD_SEG, assert_one_line_error, run_scar
 
 from scar_runtime import labels as L
 from scar_runtime.backends import create_runner

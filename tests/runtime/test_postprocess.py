@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import CHU_SEG, SPIDER_SEG
+from helpers import CHU_SEG, SPIDER_SEG
 from scipy import ndimage
 
 from scar_runtime import labels as L

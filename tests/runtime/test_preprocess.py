@@ -7,7 +7,7 @@ import json
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import CHU_IMG, CHU_SEG, SHARED_DATA, needs_shared
+from helpers import CHU_IMG, CHU_SEG, SHARED_DATA, needs_shared
 
 from scar_runtime.evaluation.metrics import dice
 from scar_runtime.io import load_volume

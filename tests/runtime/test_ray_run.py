@@ -16,7 +16,7 @@ import sys
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import CHU_IMG, IVD_IMG, REPO, SPIDER_IMG, run_scar
+from helpers import CHU_IMG, IVD_IMG, REPO, SPIDER_IMG, run_scar
 
 from scar_runtime.folder_run.table import read_table_csv
 from scar_runtime.infer import run_infer

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import (
+from helpers import (
     CERVICAL_IMG,
     CHU_IMG,
     IVD_IMG,

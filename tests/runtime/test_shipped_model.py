@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO, SHARED_DATA, needs_shared
+from helpers import REPO, SHARED_DATA, needs_shared
 
 from scar_runtime import __version__
 from scar_runtime.backends import create_runner

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import REPO
+from helpers import REPO
 
 from scar_runtime import Segmenter
 from scar_runtime.postprocess import PostprocessConfig

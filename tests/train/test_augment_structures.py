@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from conftest import SPIDER_IMG, SPIDER_SEG
+from helpers import SPIDER_IMG, SPIDER_SEG
 from scipy import ndimage
 
 from scar_runtime import labels as L

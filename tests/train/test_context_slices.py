@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import CHU_IMG, CHU_SEG, assert_one_line_error, run_scar
+from helpers import CHU_IMG, CHU_SEG, assert_one_line_error, run_scar
 
 from scar_runtime.cli import NO_LUMBAR_SPINE_EXIT
 from scar_runtime.evaluation.dataset import read_index

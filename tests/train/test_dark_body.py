@@ -15,7 +15,7 @@ import json
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import SHARED_DATA
+from helpers import SHARED_DATA
 from scipy import ndimage
 
 from scar_runtime import labels as L

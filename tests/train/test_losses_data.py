@@ -184,7 +184,7 @@ def test_weak_case_keypoints_land_on_the_vertebrae(mini_index):
 
 
 def test_folds_split_by_subject():
-    from conftest import SHARED_INDEX
+    from helpers import SHARED_INDEX
 
     from scar_train.config import TrainConfig
     from scar_train.train import split_for_run

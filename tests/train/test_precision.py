@@ -8,7 +8,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from conftest import SPIDER_IMG, SPIDER_SEG
+from helpers import SPIDER_IMG, SPIDER_SEG
 
 from scar_runtime.errors import ConfigError
 from scar_runtime.evaluation.dataset import read_index

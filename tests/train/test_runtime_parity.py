@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from conftest import IVD_IMG, SHARED_INDEX, needs_shared
+from helpers import IVD_IMG, SHARED_INDEX, needs_shared
 
 from scar_runtime import Segmenter
 from scar_runtime.evaluation.dataset import read_index

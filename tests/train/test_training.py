@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import CHU_IMG, CHU_SEG, REPO, assert_one_line_error, run_scar
+from helpers import CHU_IMG, CHU_SEG, REPO, assert_one_line_error, run_scar
 
 from scar_runtime import labels as L
 from scar_runtime.evaluation.metrics import dice

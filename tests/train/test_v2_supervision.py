@@ -16,7 +16,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import CHU_IMG, CHU_SEG, SHARED_DATA, SPIDER_IMG, SPIDER_SEG
+from helpers import CHU_IMG, CHU_SEG, SHARED_DATA, SPIDER_IMG, SPIDER_SEG
 
 from scar_runtime import labels as L
 from scar_runtime.evaluation.dataset import read_index
