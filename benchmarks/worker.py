@@ -143,8 +143,8 @@ def measure_accuracy(seg, spec: dict) -> dict:
     from scar_runtime.errors import ScarError
     from scar_runtime.evaluation.dataset import read_index
     from scar_runtime.evaluation.metrics import (
-        far_false_positive_share,
         far_fp_stats,
+        masked_case_far_share,
         size_outlier_ratio,
         summarize,
     )
@@ -172,7 +172,7 @@ def measure_accuracy(seg, spec: dict) -> dict:
         score = case.score(result.labels, gt, vol)
         scores.append(score)
         # judged whatever the set labels (Dice cannot see a class leaking over the background)
-        far = far_false_positive_share(result.labels, raw.data > 0, vol.spacing)
+        far = masked_case_far_share(result.labels, raw.data > 0, gt, vol.spacing)
         per_case[case.id] = {"mean_dice": score.mean_dice, "far_fp": far,
                              "size_ratio": size_outlier_ratio(result.labels),
                              "dice": {s.name: s.dice_3d for s in score.structures if s.labelled}}

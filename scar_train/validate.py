@@ -72,11 +72,12 @@ def validate(model: torch.nn.Module, cases: list[Case], cfg: PreprocessConfig, *
             row: dict = {"dataset": case.dataset}
             if case.seg is not None:
                 raw = case.load_raw_seg(vol)
-                s = case.score(pred, case.load_seg(raw=raw).data, vol)
+                gt = case.load_seg(raw=raw).data
+                s = case.score(pred, gt, vol)
                 scores.append(s)
                 row.update(mean_dice=s.mean_dice, vb=s.mean_vertebra_dice,
                            ivd=s.mean_disc_dice,
-                           far_fp=M.far_false_positive_share(pred, raw.data > 0, vol.spacing))
+                           far_fp=M.masked_case_far_share(pred, raw.data > 0, gt, vol.spacing))
             if case.supervision == "keypoints" or case.keypoints is not None:
                 errs = keypoint_errors_mm(case, vol, kp, peak, grid)
                 kp_errs[case.id] = errs

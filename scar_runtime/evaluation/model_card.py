@@ -56,8 +56,9 @@ def evaluate_case(seg: Segmenter, case) -> dict:
                            for k, ref in points.items()}
     if case.seg is not None:
         raw = case.load_raw_seg(vol)
-        row["score"] = case.score(res.labels, case.load_seg(raw=raw).data, vol)
-        row["far_fp"] = M.far_false_positive_share(res.labels, raw.data > 0, vol.spacing)
+        gt = case.load_seg(raw=raw).data
+        row["score"] = case.score(res.labels, gt, vol)
+        row["far_fp"] = M.masked_case_far_share(res.labels, raw.data > 0, gt, vol.spacing)
         row["levels_right"] = row["score"].identification_rate == 1.0
     else:
         inv = np.linalg.inv(vol.affine)
@@ -165,8 +166,9 @@ def markdown(card: dict) -> str:
     return ("\n".join(lines) + "\n\nDice in %, n/l = not labelled by that set. levels right: "
             "share of cases with every labelled level named right (key-point sets: every "
             "annotated centre inside the structure of its name). far-FP: share of predicted "
-            "lumbar voxels > 20 mm from every labelled structure (key-point sets: > 45 mm from "
-            "every annotated centre). size ratio: largest structure / median of its kind.\n")
+            "lumbar voxels > 20 mm from every labelled structure (sets labelling one kind only: "
+            "the other kind's structures > 35 mm; key-point sets: > 45 mm from every "
+            "annotated centre). size ratio: largest structure / median of its kind.\n")
 
 
 def card(

@@ -428,3 +428,36 @@ def test_runtime_metrics_do_not_import_torch():
     code = "import sys, scar_runtime.evaluation.metrics; sys.exit('torch' in sys.modules)"
     root = Path(__file__).resolve().parents[2]
     assert subprocess.run([sys.executable, "-c", code], cwd=root).returncode == 0
+
+
+def test_far_fp_of_a_one_kind_reference_gives_the_other_kind_35_mm():
+    """Issue 26's definition: in a disc-only reference a body predicted 20-35 mm from the
+    labelled discs (a correct L1 above the field's top disc) is not far; beyond 35 mm it is;
+    a predicted disc keeps the 20 mm margin. A both-kind reference keeps 20 mm for all."""
+    from scar_runtime.evaluation.metrics import (
+        OTHER_KIND_MARGIN_MM,
+        far_false_positive_share,
+        masked_case_far_share,
+    )
+
+    sp = (1.0, 1.0, 1.0)
+    disc, body = BY_NAME["L1/L2"].model_id, BY_NAME["L1"].model_id
+    gt = np.zeros((100, 10, 10), np.uint8)
+    gt[0:5] = disc
+    pred = np.zeros_like(gt)
+    pred[0:5] = disc  # right: 500 voxels
+    pred[30:35] = body  # a body 26-30 mm from the disc: 500 voxels
+    assert far_false_positive_share(pred, gt > 0, sp) == pytest.approx(0.5)
+    assert masked_case_far_share(pred, gt > 0, gt, sp) == 0.0
+    pred[60:65] = body  # 56-60 mm: beyond OTHER_KIND_MARGIN_MM
+    assert OTHER_KIND_MARGIN_MM < 55
+    assert masked_case_far_share(pred, gt > 0, gt, sp) == pytest.approx(500 / 1500)
+    pred[60:65] = 0
+    pred[30:35] = disc  # the labelled kind far off: 20 mm as before
+    assert masked_case_far_share(pred, gt > 0, gt, sp) == pytest.approx(0.5)
+    # both kinds labelled: 20 mm for every class
+    both = gt.copy()
+    both[6:8] = body
+    pred[30:35] = body
+    assert masked_case_far_share(pred, both > 0, both, sp) == \
+        far_false_positive_share(pred, both > 0, sp) > 0

@@ -19,9 +19,11 @@ structure cannot make a case slow.
 from scar_runtime.evaluation.metrics.false_positives import (
     FAR_FP_MARGIN_MM,
     KEYPOINT_EXTENT_MM,
+    OTHER_KIND_MARGIN_MM,
     far_false_positive_share,
     far_fp_stats,
     keypoint_reference_far_share,
+    masked_case_far_share,
     size_outlier_ratio,
 )
 from scar_runtime.evaluation.metrics.masks import dice, hd95
@@ -44,6 +46,7 @@ __all__ = [
     "FAR_FP_MARGIN_MM",
     "KEYPOINT_EXTENT_MM",
     "NOT_LABELLED",
+    "OTHER_KIND_MARGIN_MM",
     "STATUS_MISSING",
     "STATUS_OK",
     "CaseScore",
@@ -57,6 +60,7 @@ __all__ = [
     "keypoint_errors",
     "keypoint_reference_far_share",
     "level_identification",
+    "masked_case_far_share",
     "size_outlier_ratio",
     "summarize",
 ]
