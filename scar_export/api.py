@@ -21,6 +21,7 @@ from pathlib import Path
 
 from scar_runtime.atomic import atomic_write_bytes, atomic_write_text, atomic_write_unnamed
 from scar_runtime.atomic import check_output_path as _check_output
+from scar_runtime.backends.precision import parity_record_path
 from scar_runtime.errors import ConfigError, ModelError, OutputError
 from scar_runtime.model_meta import ModelMetadata
 from scar_runtime.pipeline.preprocess import PreprocessConfig
@@ -64,7 +65,7 @@ def export_checkpoint(ckpt_path: Path | str, out: Path | str, *, custom_ops: boo
         raise ConfigError(f"--opset {opset} is not supported (valid: {MIN_OPSET}..{MAX_OPSET})")
     if out.suffix.lower() != ".onnx":
         raise ConfigError(f"-o {out}: the model file must end in .onnx")
-    parity_json = P.parity_path(out)
+    parity_json = parity_record_path(out)
     outputs = [out, parity_json]
     if engine:
         outputs += list(engine_paths(out))

@@ -8,8 +8,9 @@ capability the plan was built for (plans are tied to both; the runtime refuses a
 the profile.
 
 Nothing here imports TensorRT at module import. :func:`check_available` looks for a CUDA GPU
-with ``cuda.bindings.runtime.cudaGetDeviceCount`` BEFORE touching TensorRT (deserialising or
-building without a GPU can crash the process) and only looks TensorRT up with ``find_spec``.
+with the runtime's own ``cuda_device`` (``scar_runtime.backends.tensorrt``: cuda-python's
+``cudaGetDeviceCount``) BEFORE touching TensorRT (deserialising or building without a GPU can
+crash the process) and only looks TensorRT up with ``find_spec``.
 
 UNVERIFIED: no machine this was written on has TensorRT (it cannot be installed from PyPI), so
 :func:`build_engine` has never run; the guards and paths are tested.
@@ -25,6 +26,7 @@ import time
 from pathlib import Path
 
 from scar_runtime.atomic import atomic_write_bytes
+from scar_runtime.backends.tensorrt import cuda_device
 from scar_runtime.errors import ModelError, ScarError
 from scar_runtime.hashing import file_sha256
 
@@ -42,44 +44,26 @@ def engine_paths(onnx_path: Path) -> tuple[Path, Path]:
     return engine, engine.with_name(engine.name + ".json")
 
 
-def _cudart():
+def _gpu() -> tuple[dict | None, str | None]:
+    """({"name", "compute_capability"} of GPU 0, None) or (None, what is missing)."""
     try:
-        from cuda.bindings import runtime as cudart  # cuda-python >= 12.6
-    except ImportError:
-        try:
-            from cuda import cudart  # older cuda-python
-        except ImportError:
-            return None
-    return cudart
+        name, capability = cuda_device()
+    except ScarError as e:  # the runtime's one-line refusal; its cause says which part is absent
+        if isinstance(e.__cause__, ImportError):
+            return None, "cuda-python (module cuda.bindings.runtime)"
+        return None, "a CUDA GPU (cudaGetDeviceCount found none)"
+    return {"name": name.strip(), "compute_capability": capability}, None
 
 
 def gpu_info() -> dict | None:
-    """{"name", "compute_capability", "count"} of GPU 0, or None without cuda-python or a GPU."""
-    cudart = _cudart()
-    if cudart is None:
-        return None
-    err, count = cudart.cudaGetDeviceCount()
-    if int(err) != 0 or count < 1:
-        return None
-    err, prop = cudart.cudaGetDeviceProperties(0)
-    if int(err) != 0:
-        return None
-    name = prop.name.decode(errors="replace") if isinstance(prop.name, bytes) else str(prop.name)
-    return {"name": name.rstrip("\x00").strip(), "compute_capability": f"{prop.major}.{prop.minor}",
-            "count": int(count)}
+    """{"name", "compute_capability"} of GPU 0, or None without cuda-python or a GPU."""
+    return _gpu()[0]
 
 
 def check_available() -> dict:
     """Raise a one-line ModelError naming what ``--engine`` is missing; else the GPU info."""
-    missing = []
-    cudart = _cudart()
-    gpu = None
-    if cudart is None:
-        missing.append("cuda-python (module cuda.bindings.runtime)")
-    else:
-        gpu = gpu_info()
-        if gpu is None:
-            missing.append("a CUDA GPU (cudaGetDeviceCount found none)")
+    gpu, missing_gpu = _gpu()
+    missing = [missing_gpu] if missing_gpu else []
     if importlib.util.find_spec("tensorrt") is None:
         missing.append("TensorRT >= 11 (module tensorrt)")
     if missing:

@@ -20,7 +20,6 @@ it is ``100 * (1 - Dice(FP16 labels, FP32 labels))`` averaged over the predicted
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +27,10 @@ from pathlib import Path
 import numpy as np
 
 from scar_runtime import labels as L
+from scar_runtime.backends.precision import GATE_LIMITS
+from scar_runtime.backends.threads import default_threads
 from scar_runtime.errors import ScarError
+from scar_runtime.evaluation.metrics import dice
 from scar_runtime.pipeline.preprocess import PreprocessConfig, image_to_slices, labels_to_slices
 
 SIZES = ((256, 256), (320, 192), (384, 384))
@@ -36,7 +38,8 @@ BATCHES = (1, 4)
 N_SLICES = 4
 
 FP32_LIMITS = {"max_abs_diff": 1e-3, "label_agreement": 0.999}
-FP16_LIMITS = {"label_agreement": 0.995, "dice_difference": 0.5}
+# FP16 exports and the CPU's reduced precisions (BF16) are held to the runtime's own gate limits
+# (scar_runtime.backends.precision.GATE_LIMITS), which re-checks the recorded BF16 entry.
 
 SAMPLE_IMAGE = "chu2015_14_crop_img.nii.gz"
 SAMPLE_MASK = "chu2015_14_crop_seg.nii.gz"
@@ -156,20 +159,30 @@ def _ort_session(path: Path):
     import onnxruntime as ort
 
     so = ort.SessionOptions()
-    threads = os.environ.get("OMP_NUM_THREADS", "")
-    if threads.isdigit() and int(threads) > 0:
-        so.intra_op_num_threads = int(threads)
-        so.inter_op_num_threads = 1
+    so.intra_op_num_threads = default_threads()  # the runtime's count (OMP_NUM_THREADS or cores)
+    so.inter_op_num_threads = 1
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
-def _dice_stats(pred: np.ndarray, ref: np.ndarray, classes) -> dict[int, np.ndarray]:
-    return {c: np.array([np.logical_and(pred == c, ref == c).sum(), (pred == c).sum(),
-                         (ref == c).sum()], dtype=np.int64) for c in classes}
+class PooledDice:
+    """Dice per class pooled over label maps of any sizes (the pixels of every map added for a
+    class count as one image): scar_runtime's Dice on the concatenated pixels. A class that is
+    in neither prediction nor reference anywhere has no Dice (left out)."""
 
+    def __init__(self) -> None:
+        self._pairs: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
 
-def _dice(stats: dict[int, np.ndarray]) -> dict[int, float]:
-    return {c: float(2 * i / (p + g)) for c, (i, p, g) in stats.items() if p + g > 0}
+    def add(self, pred: np.ndarray, ref: np.ndarray, classes) -> None:
+        for c in classes:
+            self._pairs.setdefault(c, []).append((pred.ravel() == c, ref.ravel() == c))
+
+    def scores(self) -> dict[int, float]:
+        out = {}
+        for c, pairs in self._pairs.items():
+            p, g = (np.concatenate(masks) for masks in zip(*pairs, strict=True))
+            if p.any() or g.any():
+                out[c] = dice(p, g)
+        return out
 
 
 def run_parity(onnx_path: Path, reference, ckpt: dict, *, precision: str,
@@ -184,8 +197,8 @@ def run_parity(onnx_path: Path, reference, ckpt: dict, *, precision: str,
     runs = []
     agree = total = 0
     finite = True
-    mask_stats: dict[str, dict[int, np.ndarray]] = {"fp32": {}, "onnx": {}}
-    pair_stats: dict[int, np.ndarray] = {}
+    mask_dice = {"fp32": PooledDice(), "onnx": PooledDice()}
+    pair_dice = PooledDice()
     ref_labels: dict[tuple[int, int], np.ndarray] = {}  # PyTorch labels, largest-batch runs
     worst = {"max_abs_diff": 0.0, "heatmaps_max_abs_diff": 0.0, "keypoints_max_abs_diff": 0.0}
     for h, w in SIZES:
@@ -219,14 +232,11 @@ def run_parity(onnx_path: Path, reference, ckpt: dict, *, precision: str,
                                       np.concatenate([ref_labels[(h, w)], lab_ref]))
                 for j in range(len(x)):
                     s, y = slices[start + j], labels[start + j]
-                    for c, v in _dice_stats(lab_got[j], lab_ref[j], range(1, L.NUM_CLASSES)
-                                            ).items():
-                        pair_stats[c] = pair_stats.get(c, 0) + v
+                    pair_dice.add(lab_got[j], lab_ref[j], range(1, L.NUM_CLASSES))
                     if y is None:
                         continue
                     for name, lab in (("fp32", lab_ref[j]), ("onnx", lab_got[j])):
-                        for c, v in _dice_stats(lab, y, sorted(s.labelled)).items():
-                            mask_stats[name][c] = mask_stats[name].get(c, 0) + v
+                        mask_dice[name].add(lab, y, sorted(s.labelled))
     result = {
         "model": Path(onnx_path).name,
         "precision": precision,
@@ -244,41 +254,37 @@ def run_parity(onnx_path: Path, reference, ckpt: dict, *, precision: str,
         "runs": runs,
     }
     if precision == "fp16":
-        result.update(_dice_summary(mask_stats, pair_stats))
+        result.update(_dice_summary(mask_dice, pair_dice))
     if precision == "fp32":
         result["reduced_precision"] = reduced_precision_gates(onnx_path, slices, ref_labels)
-    result["limits"] = FP16_LIMITS if precision == "fp16" else FP32_LIMITS
+    result["limits"] = GATE_LIMITS if precision == "fp16" else FP32_LIMITS
     result["failures"] = failures(result)
     result["passed"] = not result["failures"]
     result["seconds"] = round(time.time() - t0, 1)
     return result
 
 
-def _dice_summary(mask_stats: dict, pair_stats: dict, name: str = "fp16") -> dict:
-    d32, d16 = _dice(mask_stats["fp32"]), _dice(mask_stats["onnx"])
+def _dice_summary(mask_dice: dict[str, PooledDice], pair_dice: PooledDice,
+                  name: str = "fp16") -> dict:
+    d32, d16 = mask_dice["fp32"].scores(), mask_dice["onnx"].scores()
     common = sorted(set(d32) & set(d16))
     names = L.CLASS_NAMES
     if common:
         diff = float(np.mean([abs(d16[c] - d32[c]) for c in common]) * 100)
         return {"dice_reference": "reference masks", "dice_difference": diff,
                 "dice": {names[c]: {"fp32": d32[c], name: d16[c]} for c in common}}
-    pair = _dice(pair_stats)
+    pair = pair_dice.scores()
     diff = float(np.mean([1 - v for v in pair.values()]) * 100) if pair else 0.0
     return {"dice_reference": "FP32 labels (no reference mask on the tested slices)",
             "dice_difference": diff, "dice": {names[c]: {f"{name}_vs_fp32": v}
                                               for c, v in pair.items()}}
 
 
-def _threads() -> int | None:
-    threads = os.environ.get("OMP_NUM_THREADS", "")
-    return int(threads) if threads.isdigit() and int(threads) > 0 else None
-
-
 def reduced_precision_gates(onnx_path: Path, slices: list[ParitySlice],
                             ref_labels: dict[tuple[int, int], np.ndarray]) -> dict:
     """The gates of the CPU reduced precisions the runtime may use, on the same real slices:
     ``openvino-bf16`` (OpenVINO's BF16 inference precision) against the FP32 PyTorch labels,
-    label agreement >= 0.995 and Dice within 0.5 point (:data:`FP16_LIMITS`). An entry is
+    label agreement >= 0.995 and Dice within 0.5 point (``GATE_LIMITS``). An entry is
     ``{"skipped": why}`` where it cannot be measured here (no openvino, no native BF16); the
     runtime refuses BF16 unless the entry passed (scar_runtime.backends.precision)."""
     import importlib.util
@@ -292,16 +298,17 @@ def reduced_precision_gates(onnx_path: Path, slices: list[ParitySlice],
         return {"openvino-bf16": {"skipped": f"this CPU has no native BF16 (OpenVINO reports "
                                              f"{', '.join(caps)})"}}
     t0 = time.time()
-    runner = OpenVinoRunner(onnx_path, precision="bf16", threads=_threads(),
-                            require_gate_record=False, use_cache=False)
+    # threads: the runner's default (scar_runtime.backends.threads.default_threads)
+    runner = OpenVinoRunner(onnx_path, precision="bf16", require_gate_record=False,
+                            use_cache=False)
     try:
         runner.activate()
     except ScarError as e:
         return {"openvino-bf16": {"skipped": f"OpenVINO could not run the model: {e}"}}
     agree = total = 0
     finite = True
-    mask_stats: dict[str, dict[int, np.ndarray]] = {"fp32": {}, "onnx": {}}
-    pair_stats: dict[int, np.ndarray] = {}
+    mask_dice = {"fp32": PooledDice(), "onnx": PooledDice()}
+    pair_dice = PooledDice()
     batch = max(BATCHES)
     for (h, w), lab_ref in ref_labels.items():
         images = np.stack([fit(s.image, (h, w), float(s.image.min())) for s in slices])
@@ -313,20 +320,18 @@ def reduced_precision_gates(onnx_path: Path, slices: list[ParitySlice],
             total += ref.size
             for j in range(len(got)):
                 s = slices[start + j]
-                for c, v in _dice_stats(got[j], ref[j], range(1, L.NUM_CLASSES)).items():
-                    pair_stats[c] = pair_stats.get(c, 0) + v
+                pair_dice.add(got[j], ref[j], range(1, L.NUM_CLASSES))
                 if s.labels is None:
                     continue
                 y = fit(s.labels, (h, w), 0)
                 for name, lab in (("fp32", ref[j]), ("onnx", got[j])):
-                    for c, v in _dice_stats(lab, y, sorted(s.labelled)).items():
-                        mask_stats[name][c] = mask_stats[name].get(c, 0) + v
+                    mask_dice[name].add(lab, y, sorted(s.labelled))
     runner.deactivate()
     entry = {"backend": "openvino", "precision": "bf16", "cpu_capabilities": caps,
              "reference": "PyTorch FP32 labels, same slices and sizes",
              "sizes": [list(k) for k in ref_labels], "batch": batch,
              "label_agreement": agree / max(total, 1), "finite": finite,
-             **_dice_summary(mask_stats, pair_stats, name="bf16"), "limits": FP16_LIMITS}
+             **_dice_summary(mask_dice, pair_dice, name="bf16"), "limits": GATE_LIMITS}
     entry["failures"] = failures(entry)
     entry["passed"] = not entry["failures"]
     entry["seconds"] = round(time.time() - t0, 1)
@@ -353,13 +358,6 @@ def _ort_version() -> str:
     import onnxruntime as ort
 
     return f"onnxruntime {ort.__version__} CPUExecutionProvider"
-
-
-def parity_path(model_path: Path) -> Path:
-    """``plain.onnx`` -> ``plain.parity.json`` (beside the model)."""
-    model_path = Path(model_path)
-    stem = model_path.name[: -len(model_path.suffix)] if model_path.suffix else model_path.name
-    return model_path.with_name(stem + ".parity.json")
 
 
 def dumps(result: dict) -> str:

@@ -30,7 +30,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from conftest import REPO, assert_one_line_error, run_scar, write_mini_index
+from helpers import REPO, assert_one_line_error, run_scar, write_mini_index
 
 from scar_export import custom_ops as C
 from scar_export import parity as P
@@ -39,6 +39,7 @@ from scar_export.plugins import descriptors as D
 from scar_export.plugins import kernels as K
 from scar_export.reference_ops import REFERENCE_OPS
 from scar_export.reference_ops import ChannelAttention as RefChannelAttention
+from scar_runtime.backends.precision import parity_record_path
 from scar_runtime.evaluation.dataset import read_index
 from scar_runtime.model_meta import ModelMetadata
 from scar_runtime.pipeline.preprocess import PreprocessConfig, image_to_slices
@@ -145,7 +146,7 @@ def fp16(ckpt2, work) -> Path:
 
 
 def _parity(model: Path) -> dict:
-    return json.loads(P.parity_path(model).read_text())
+    return json.loads(parity_record_path(model).read_text())
 
 
 def _session(path: Path) -> ort.InferenceSession:
@@ -402,7 +403,7 @@ def test_a_model_failing_parity_is_not_written(plain, ckpt, tmp_path, monkeypatc
 
     def failing(path, *a, **k):
         assert onnx.load(str(path)).graph.node  # the candidate model was written to a temp file
-        r = json.loads(P.parity_path(plain).read_text())
+        r = json.loads(parity_record_path(plain).read_text())
         r["label_agreement"] = 0.975
         r["failures"] = P.failures(r)
         r["passed"] = not r["failures"]
@@ -588,7 +589,7 @@ def test_parity_falls_back_to_the_sample_when_the_index_is_gone(ckpt):
     assert info["source"] == "sample" and "no such data index" in info["fallback_reason"]
     assert len(slices) == P.N_SLICES and all(s.labels is not None for s in slices)
     assert len({s.index for s in slices}) == P.N_SLICES
-    assert P.parity_path(Path("a/plain.onnx")) == Path("a/plain.parity.json")
+    assert parity_record_path(Path("a/plain.onnx")) == Path("a/plain.parity.json")
     a = np.arange(12, dtype=np.float32).reshape(3, 4)
     assert P.fit(a, (5, 2), -1.0).tolist() == [[-1, -1], [1, 2], [5, 6], [9, 10], [-1, -1]]
 
