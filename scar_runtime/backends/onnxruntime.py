@@ -38,12 +38,12 @@ class OnnxRuntimeRunner(Runner):
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = self.threads or default_threads()
         opts.inter_op_num_threads = 1  # one node at a time: the cores go to intra-op work
-        # ENABLE_ALL (NCHWc layouts) measured fastest; start-up is 0.2-0.4 s, so a saved
-        # optimised model would save too little to be worth a cache (docs/performance.md).
+        # ENABLE_ALL (NCHWc layouts) is the fastest; its start-up is short enough that a saved
+        # optimised model would not be worth a cache (docs/performance.md).
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # Memory patterns are planned per input shape and the last batch of every volume has
-        # another one: off, peak RSS fell 332 -> 222 MB (batch 1) and 1123 -> 680 MB (batch 4)
-        # at 384 x 384 with no loss of speed; the arena stays on (off was slower and larger).
+        # another one: off, peak RSS falls by a third at no loss of speed; the arena stays on
+        # (off was slower and larger; docs/performance.md).
         opts.enable_mem_pattern = False
         opts.enable_cpu_mem_arena = True
         opts.log_severity_level = 3  # warnings from ORT are not the user's business

@@ -34,9 +34,8 @@ MIN_ELONGATION = 2.0
 TRIM_MM = 30.0
 TRIM_ROUNDS = 3  # a far piece pulls the first line; each refit drops more of it
 # Cubic: the rotated copy is an extra resampling of an image the network would otherwise see
-# as it is (it is sampled straight onto the network's pixels, so once). Measured on 5 val
-# volumes at +-15 / +-30 degrees: cubic 20 of 20 with every level right, linear lost three
-# names of vb_chu2015/14 at +30.
+# as it is (it is sampled straight onto the network's pixels, so once); on tilted val volumes
+# linear interpolation lost level names that cubic kept (docs/performance.md).
 INTERPOLATION_ORDER = 3
 
 

@@ -4,9 +4,8 @@ The network labels each slice on its own (2.5D models see their neighbours, but 
 slice alone), so at a structure's lateral edges, where partial volume makes one slice ambiguous,
 neighbouring slices can disagree. Averaging each slice's softmax with its two neighbours, weights
 ``w, 1 - 2w, w`` (the edge slice repeated at the volume's ends, as the 2.5D input does), is a
-cheap 3-slice ensemble. Measured on the val split with ``w = 0.25`` (picked before measuring,
-not tuned): +0.2 points vertebral-body and +0.3-0.5 disc Dice, on nearly every case, with each
-of v2.2, its 2D control and v2.3 (MODEL_CARD.md). A single-slice image is unchanged.
+cheap 3-slice ensemble; ``w = 0.25`` was picked before measuring, not tuned, and its gain on
+the val split is in MODEL_CARD.md. A single-slice image is unchanged.
 
 Streaming: batches arrive in slice order; a slice is decided once its right neighbour is in,
 so at most ``batch + 2`` slices of probabilities are held.
@@ -14,9 +13,8 @@ so at most ``batch + 2`` slices of probabilities are held.
 Speed: the mix and the argmax run one class plane at a time (a 384 x 384 plane is 590 kB and
 stays in cache), a running maximum with a strict ``>`` so ties keep the lower class as
 ``np.argmax`` does. ``np.argmax(axis=0)`` over a (C, H, W) slice walks memory with a stride of a
-whole plane: on the 381 x 381 x 77 bench volume the whole-slice form's argmax and mix took 0.38
-and 0.27 s (cProfile), and the post-processing stage went from 1.08 to 0.56 s with the
-plane-wise form (docs/performance.md), with the same labels.
+whole plane, and the whole-slice form cost about twice as much (docs/performance.md), for the
+same labels.
 """
 
 from __future__ import annotations
@@ -43,8 +41,8 @@ class SliceSmoother:
         if start != self._first + len(self._held):
             raise ValueError("slice batches must arrive in order, without gaps")
         probs = np.asarray(probs, dtype=np.float32)
-        # one (C, H, W) view per slice: no batch is concatenated or gathered (at 14 x 384 x 384
-        # a slice is 8 MB, and copies made the smoothing cost more than the argmax)
+        # one (C, H, W) view per slice: no batch is concatenated or gathered (a slice is
+        # megabytes, and copies made the smoothing cost more than the argmax)
         seq = self._held + list(probs)
         end = self._first + len(seq)  # slices received
         # decide slices < last: all received ones at the end (or without smoothing)
