@@ -160,7 +160,7 @@ def test_an_undefined_length_sequence_too_deep_to_parse_is_one_line(tmp_path):
     assert not out.exists() or not list(out.iterdir())
 
 
-def test_single_slice_series_checks_stay(tmp_path):
+def test_a_localizer_alone_is_refused_by_the_reader_too(tmp_path):
+    write_localizer(CHU_IMG, tmp_path / "loc", generate_uid())
     with pytest.raises(InvalidImageError, match="localizer"):
-        write_localizer(CHU_IMG, tmp_path / "loc", generate_uid())
         load_volume(tmp_path / "loc")
