@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from scar_runtime.backends.threads import default_threads
+
 LIBRARIES = ("numpy", "scipy", "nibabel", "torch", "onnx", "onnxruntime", "onnxruntime-gpu",
              "openvino",
              "onnxscript", "tensorrt", "cuda-python", "matplotlib", "scar-net")
@@ -144,13 +146,7 @@ def thread_env(threads: int) -> dict[str, str]:
     variables are set only when ``threads`` differs from what the child would use anyway
     (every core, or an inherited OMP_NUM_THREADS), so torch keeps its own default otherwise."""
     env = dict(os.environ)
-    current = env.get("OMP_NUM_THREADS", "")
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cores = os.cpu_count() or 1
-    default = int(current) if current.isdigit() and int(current) > 0 else cores
-    if threads != default:
+    if threads != default_threads():
         for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
             env[var] = str(threads)
     return env

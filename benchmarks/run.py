@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -24,6 +23,8 @@ import numpy as np
 
 from benchmarks import settings as S
 from benchmarks.machine import thread_env
+from benchmarks.prepare import log as _log
+from benchmarks.prepare import prepare
 from benchmarks.report import (
     SCHEMA_VERSION,
     accuracy_section,
@@ -33,40 +34,11 @@ from benchmarks.report import (
     variant_key,
     write_outputs,
 )
+from benchmarks.variants import select_variants
+from scar_runtime.backends.threads import default_threads
 from scar_runtime.errors import ScarError
 
-# (backend, precision, device, notes) in report order; GPU ones are skipped with a reason here.
-VARIANTS = (
-    ("auto", "auto", "cpu", ["the default path, `scar infer` with no options: backend and "
-                             "precision picked by `auto` (measured in the worker, fresh "
-                             "cache), default batch; end to end and peak RSS only"]),
-    ("pytorch", "fp32", "cpu", ["PyTorch eager (torch.inference_mode), the exported module"]),
-    ("onnxruntime", "fp32", "cpu", []),
-    ("onnxruntime", "fp32v01", "cpu", ["the v0.1 export form of the same checkpoint (traced "
-                                       "49-tap Slice/Mul/Add dynamic conv): latency only, the "
-                                       "baseline of the export-form speed-up"]),
-    ("onnxruntime", "int8", "cpu", ["INT8: static QDQ (onnxruntime.quantization.quantize_static)"
-                                    " calibrated on TRAIN slices"]),
-    ("onnxruntime", "fp16", "cpu", ["FP16 on CPU is cast-emulated: ONNX Runtime inserts casts "
-                                    "and computes in FP32, so this row checks FP16 numerics, "
-                                    "not FP16 speed"]),
-    ("openvino", "fp32", "cpu", ["OpenVINO on the same FP32 ONNX file"]),
-    ("openvino", "bf16", "cpu", ["OpenVINO BF16 inference precision, measured here without a "
-                                 "gate record (users need a passed one)"]),
-    ("openvino", "int8", "cpu", ["the same QDQ INT8 model as ONNX Runtime INT8, run by "
-                                 "OpenVINO"]),
-    ("pytorch", "fp32", "cuda", ["GPU timings include host<->device copies"]),
-    ("pytorch", "fp16", "cuda", ["GPU timings include host<->device copies"]),
-    ("onnxruntime", "fp32", "cuda", ["GPU timings include host<->device copies"]),
-    ("onnxruntime", "fp16", "cuda", ["GPU timings include host<->device copies"]),
-    ("tensorrt", "fp32", "cuda", ["GPU timings include host<->device copies"]),
-    ("tensorrt", "fp16", "cuda", ["GPU timings include host<->device copies; FP16 is in the "
-                                  "ONNX graph (TensorRT 11 is strongly typed)"]),
-)
-
-
-def _log(msg: str) -> None:
-    print(f"bench: {msg}", flush=True)
+__all__ = ["main", "parse_args", "prepare", "select_variants"]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -113,229 +85,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.size is not None and args.size % 16:
         p.error("--size must be a multiple of 16 (the network's output stride)")
     return args
-
-
-def default_threads() -> int:
-    env = os.environ.get("OMP_NUM_THREADS", "")
-    if env.isdigit() and int(env) > 0:
-        return int(env)
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
-def select_variants(spec: str | None) -> list[tuple]:
-    if not spec:
-        return list(VARIANTS)
-    wanted = [w.strip().lower() for w in spec.split(",") if w.strip()]
-    known = [variant_key(b, p, d) for b, p, d, _ in VARIANTS]
-    chosen = [v for v, k in zip(VARIANTS, known, strict=True)
-              if any(k == w or k.startswith(w + "-") for w in wanted)]
-    bad = [w for w in wanted if not any(k == w or k.startswith(w + "-") for k in known)]
-    if bad:
-        raise ScarError(f"--backends: unknown {', '.join(bad)} (valid: {', '.join(known)})")
-    return chosen
-
-
-def _torch_available() -> bool:
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def _openvino_reason() -> str | None:
-    """Why the OpenVINO rows cannot run here, or None."""
-    import importlib.util
-
-    if importlib.util.find_spec("openvino") is None:
-        return "openvino is not installed (pip install 'scar-net[openvino]')"
-    return None
-
-
-def _cuda_torch() -> bool:
-    try:
-        import torch
-
-        return bool(torch.cuda.is_available())
-    except ImportError:
-        return False
-
-
-def prepare(args, st: S.Settings, chosen: list[tuple], threads: int, workdir: Path) -> dict:
-    """Models, data, latency input, INT8, GEMM peak, FLOPs, and one spec per runnable variant."""
-    from benchmarks import models as M
-    from benchmarks.data import calibration_slices, latency_input, plan_data, sample_image
-    from benchmarks.machine import count_gflop, gemm_peak_subprocess, machine_info
-
-    ms = M.resolve(args.checkpoint, args.onnx, args.onnx_fp16, default_ckpt=S.DEFAULT_CHECKPOINT,
-                   default_onnx=S.DEFAULT_ONNX, default_fp16=S.DEFAULT_ONNX_FP16)
-    machine = machine_info(threads)
-    want = {(b, p, d) for b, p, d, _ in chosen}
-    M.ensure_exports(ms, args.cache_dir, want_fp16=any(p == "fp16" for _, p, _ in want),
-                     log=_log)
-    cfg = ms.meta.preprocess
-    data = plan_data(args.data, max_cases=st.max_cases)
-    if ms.meta.data_index_sha256 and data.index is not None:
-        from scar_runtime.evaluation.dataset import index_hash
-
-        if index_hash(data.index) != ms.meta.data_index_sha256:
-            data.notes.append(f"{data.index} is not the index the model was trained with "
-                              "(hash differs): its val split may overlap the training data")
-    lat = latency_input(data.volume_image, cfg, size=st.size, n=st.latency_slices)
-    lat_path = workdir / "latency_input.npy"
-    np.save(lat_path, lat)
-
-    skipped: dict[tuple, str] = {}
-    if ("onnxruntime", "fp32v01", "cpu") in want:
-        if not st.v01_form:
-            skipped[("onnxruntime", "fp32v01", "cpu")] = (
-                "quick mode: the v0.1-form comparison (an extra export) is in the full run")
-        elif ms.checkpoint is None or not _torch_available():
-            skipped[("onnxruntime", "fp32v01", "cpu")] = (
-                "the v0.1 form is exported from the checkpoint: pass --checkpoint (needs torch)")
-        else:
-            from benchmarks import models as M
-
-            M.ensure_v01_form(ms, args.cache_dir, log=_log)
-    ov_reason = _openvino_reason()
-    for p in ("fp32", "bf16", "int8"):
-        if ov_reason and ("openvino", p, "cpu") in want:
-            skipped[("openvino", p, "cpu")] = ov_reason
-    if not ov_reason and ("openvino", "bf16", "cpu") in want:
-        from scar_runtime.backends.openvino import cpu_capabilities
-
-        caps = cpu_capabilities()
-        if "BF16" not in caps:
-            skipped[("openvino", "bf16", "cpu")] = (
-                f"this CPU has no native BF16 (OpenVINO reports {', '.join(caps)}): BF16 would "
-                "run as FP32 or emulated")
-    if ("onnxruntime", "int8", "cpu") in want or ("openvino", "int8", "cpu") in want:
-        from scar_runtime.evaluation.dataset import index_hash
-
-        if data.train_cases:
-            source = f"TRAIN cases of {data.index}"
-            ckey = {"index_sha256": index_hash(data.index),
-                    "train_cases": [c.id for c in data.train_cases]}
-
-            def make_calib():
-                return calibration_slices(data.train_cases, cfg, size=st.size,
-                                          n=st.calib_slices)
-        else:
-            source = "the shipped sample volume (no train cases available; it is a val case)"
-            ckey = {"sample": sample_image().name}
-
-            def make_calib():
-                return (latency_input(sample_image(), cfg, size=st.size, n=st.calib_slices),
-                        [f"sample/{sample_image().name}"])
-        ckey.update(n=st.calib_slices, size=st.size, preprocess=cfg.to_dict())
-        try:
-            M.ensure_int8(ms, args.cache_dir, make_calib=make_calib, calib_key=ckey,
-                          calib_source=source, op_types=st.int8_op_types,
-                          keep_io_fp32=st.int8_keep_io_fp32, log=_log)
-        except Exception as e:  # quantisation is fragile across ORT versions: report, go on
-            for b in ("onnxruntime", "openvino"):
-                skipped.setdefault((b, "int8", "cpu"), f"quantisation failed: {e}")
-
-    _log(f"measuring the FP32 matrix-multiply peak ({threads} thread"
-         f"{'' if threads == 1 else 's'}) ...")
-    peak = gemm_peak_subprocess(threads)
-    gflop, gnote = None, "FlopCounterMode: conv, matmul, attention; 2 FLOP per MAC; " \
-                         "element-wise ops not counted"
-    from scar_runtime.io import load_volume
-    from scar_runtime.pipeline.preprocess import plan_grid
-
-    ref = load_volume(data.volume_image)
-    grid = plan_grid(ref.shape[:2], ref.inplane_spacing, cfg)
-    if _torch_available():
-        gflop = count_gflop(ms.meta.model_config,
-                            [(st.size, st.size), tuple(grid.out_shape)])
-    else:
-        gnote = "not counted: torch is not installed"
-
-    cuda_torch = _cuda_torch()
-    import onnxruntime as ort
-
-    ort_cuda = "CUDAExecutionProvider" in ort.get_available_providers()
-    trt_reason = None
-    if any(b == "tensorrt" for b, _, _ in want):
-        try:
-            from scar_export.engine import check_available
-
-            check_available()
-        except ImportError as e:
-            trt_reason = f"scar_export is not installed ({e})"
-        except ScarError as e:
-            trt_reason = str(e)
-
-    specs, variants = [], []
-    for b, p, d, notes in chosen:
-        key = variant_key(b, p, d)
-        reason = skipped.get((b, p, d))
-        model = None
-        if reason is None and d == "cuda":
-            if b == "pytorch" and not cuda_torch:
-                reason = "no CUDA GPU visible to torch (torch.cuda.is_available() is False)"
-            elif b == "onnxruntime" and not ort_cuda:
-                reason = ("this onnxruntime has no CUDAExecutionProvider (no GPU, or "
-                          "onnxruntime-gpu not installed)")
-            elif b == "tensorrt" and trt_reason:
-                reason = trt_reason
-        if reason is None and b == "pytorch":
-            if ms.checkpoint is None:
-                reason = "needs the checkpoint: pass --checkpoint CKPT.pt"
-            elif not _torch_available():
-                reason = "torch is not installed"
-            elif p == "fp16" and d == "cpu":
-                reason = "PyTorch FP16 on CPU is not benchmarked"
-        if reason is None and b in ("onnxruntime", "tensorrt", "openvino", "auto"):
-            model = {"fp32": ms.onnx, "fp16": ms.onnx_fp16, "int8": ms.onnx_int8,
-                     "bf16": ms.onnx, "auto": ms.onnx, "fp32v01": ms.onnx_v01}[p]
-            if model is None:
-                reason = ("no FP16 model: pass --onnx-fp16 MODEL.onnx (`scar export --fp16`) or "
-                          "--checkpoint to export one" if p == "fp16" else f"no {p} model")
-        if reason is None and b == "tensorrt":
-            try:
-                model = M.ensure_engine(model, args.cache_dir,
-                                        preprocess=ms.meta.preprocess.to_dict(), log=_log)
-            except Exception as e:  # UNVERIFIED path: report the failure as the reason
-                reason = f"TensorRT engine build failed: {e}"
-        if reason is not None:
-            variants.append({"key": key, "skip": reason, "backend": b, "precision": p,
-                             "device": d})
-            continue
-        batches, phases, env = list(st.batches), ["latency", "volume", "accuracy"], {}
-        if b == "auto":  # the default path: scar infer's batch, end to end, a fresh choice
-            from scar_runtime.pipeline.segmenter import DEFAULT_BATCH
-
-            batches, phases = [DEFAULT_BATCH], ["volume", "big_volume"]
-            env = {"XDG_CACHE_HOME": str(workdir / "xdg-cache")}
-        elif p == "fp32v01":
-            phases = ["latency"]
-        specs.append({
-            "variant": key, "backend": b, "precision": p, "device": d, "phases": phases,
-            "env": env, "big_volume": list(st.big_volume) if st.big_volume else None,
-            "runner": "torch" if b == "pytorch" else "runtime",
-            "checkpoint": str(ms.checkpoint) if ms.checkpoint else None,
-            "model": str(model) if model else None, "threads": threads,
-            "batches": batches, "warmup": st.warmup, "reps_batch1": st.reps_batch1,
-            "reps_batchn": st.reps_batchn, "min_reps": st.min_reps,
-            "volume_reps": st.volume_reps, "budget_s": st.worker_budget_s,
-            "postprocess": not args.no_postprocess, "latency_input": str(lat_path),
-            "volume": {"case": data.volume_id, "image": str(data.volume_image)},
-            "accuracy": {"index": str(data.index) if data.index else None,
-                         "cases": [c.id for c in data.val_cases]},
-            "out": str(workdir / f"{key}.json"),
-        })
-        variants.append({"key": key, "backend": b, "precision": p, "device": d,
-                         "batches": batches, "notes": notes, "phases": phases,
-                         "model_name": Path(model).name if model else
-                         (ms.checkpoint.name if ms.checkpoint else None)})
-    return {"models": ms, "machine": machine, "data": data, "peak": peak, "gflop": gflop,
-            "gflop_note": gnote, "grid": list(grid.out_shape), "specs": specs,
-            "variants": variants}
 
 
 def run_worker(spec: dict, workdir: Path, timeout: float) -> dict:

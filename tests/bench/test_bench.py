@@ -226,7 +226,8 @@ def test_missing_model_is_one_line(tmp_path):
 
 
 def test_select_variants():
-    keys = [f"{b}-{p}-{d}" for b, p, d, _ in select_variants("onnxruntime-int8,pytorch-fp32")]
+    keys = [f"{v.backend}-{v.precision}-{v.device}"
+            for v in select_variants("onnxruntime-int8,pytorch-fp32")]
     assert keys == ["pytorch-fp32-cpu", "onnxruntime-int8-cpu", "pytorch-fp32-cuda"]
     assert len(select_variants(None)) >= 10
     with pytest.raises(ScarError, match="unknown"):
