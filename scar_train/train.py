@@ -28,7 +28,7 @@ from scar_runtime.pipeline.preprocess import PreprocessConfig
 from scar_train.augment_structures import StructureAugmentConfig
 from scar_train.checkpoint import load_checkpoint, save_checkpoint
 from scar_train.config import TrainConfig
-from scar_train.data import AugmentConfig, SliceSampler, prepare_case
+from scar_train.data import AugmentConfig, PreparedCase, SliceSampler, prepare_case
 from scar_train.losses import scar_loss
 from scar_train.model import ScarNetConfig, build_model, count_parameters
 from scar_train.validate import validate
@@ -80,8 +80,8 @@ def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> set[str]:
 def resolve_precision(name: str, device: torch.device, flags: set[str] | None = None) -> str:
     """``fp32`` or ``bf16`` for ``--precision``. ``auto`` is bf16 only on a CPU that computes
     BF16 natively (amx_bf16 or avx512_bf16 in its flags): faster per step there (AMX Xeon,
-    AVX512_BF16 Zen 4; MODEL_CARD.md), while an AVX2 CPU emulates it and ran 7x slower. GPUs
-    keep FP32 (not measured)."""
+    AVX512_BF16 Zen 4), while an AVX2 CPU emulates it, several times slower (the figures:
+    MODEL_CARD.md). GPUs keep FP32 (not measured)."""
     if name != "auto":
         return name
     if device.type != "cpu":
@@ -219,12 +219,25 @@ def _progress(enabled: bool):
                     disable=not enabled, transient=False)
 
 
-def train(cfg: TrainConfig) -> dict:
-    """Run (or resume) training; returns the final summary (also the last line of log.jsonl)."""
+@dataclass
+class _Setup:
+    """What a run knows before anything is written: device, ranks, data (every case read)."""
+
+    device: torch.device
+    di: DistInfo
+    out: Path
+    index_path: Path
+    preprocess: PreprocessConfig
+    prepared: list[PreparedCase]
+    train_cases: list[Case]
+    val_cases: list[Case]
+
+
+def _setup(cfg: TrainConfig) -> _Setup:
     device = pick_device(cfg.device)
     if cfg.threads and cfg.threads != torch.get_num_threads():
-        # Only when it changes anything: calling set_num_threads(2) on a 2-core machine whose
-        # default already is 2 made training steps 17x slower here (torch 2.13 CPU, measured).
+        # Only when it changes anything: setting the count a machine already has made training
+        # steps many times slower (docs/performance.md, "Moved from code comments").
         torch.set_num_threads(cfg.threads)
     di = setup_distributed(device)
     out = Path(cfg.out)
@@ -238,141 +251,186 @@ def train(cfg: TrainConfig) -> dict:
     # image, a mask on another grid) leaves no config.json or log.jsonl behind.
     preprocess = replace(PREPROCESS, context_slices=cfg.context_slices)
     prepared = [prepare_case(c, preprocess) for c in train_cases]
+    return _Setup(device, di, out, index_path, preprocess, prepared, train_cases, val_cases)
 
+
+@dataclass
+class _ResumePoint:
+    step: int = 0
+    best: float = -1.0
+    doc: dict | None = None  # last.pt's contents when resuming
+
+
+def _resume_point(cfg: TrainConfig, out: Path, di: DistInfo) -> _ResumePoint:
+    """Where the run starts: last.pt's step and best score with ``--resume`` (after checking
+    the settings match), else step 0 in a new run folder."""
     last = out / "last.pt"
-    start_step, best = 0, -1.0
-    resume_doc = None
+    rp = _ResumePoint()
     if cfg.resume:
         if not last.is_file():
             raise ConfigError(f"--resume: no checkpoint {last} to resume from")
-        resume_doc = load_checkpoint(last)
-        cfg.check_resumable_from(resume_doc["train_config"])
-        start_step = resume_doc["step"]
-        best = resume_doc["extra"].get("best", -1.0)
+        rp.doc = load_checkpoint(last)
+        cfg.check_resumable_from(rp.doc["train_config"])
+        rp.step = rp.doc["step"]
+        rp.best = rp.doc["extra"].get("best", -1.0)
     elif di.main:
         if last.exists():
             raise ConfigError(f"{out} already holds a run (last.pt); use --resume or a new --out")
         out.mkdir(parents=True, exist_ok=True)
     if di.world > 1:
         dist.barrier()
+    return rp
 
-    torch.manual_seed(cfg.seed)
-    mcfg = ScarNetConfig.from_size(cfg.size, use_mcca=cfg.use_mcca, use_at=cfg.use_at,
-                                   fine_refinement=cfg.fine_refinement,
-                                   in_channels=preprocess.input_channels)
-    model = build_model(mcfg).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    total = cfg.total_steps
-    # lr / 5 at 1/3 and 2/3 of the planned run (the paper's schedule)
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, [total // 3, 2 * total // 3], gamma=0.2)
-    if resume_doc is None and cfg.init:
-        init_from_checkpoint(model, cfg.init)
-    if resume_doc is not None:
-        model.load_state_dict(resume_doc["model"])
-        opt.load_state_dict(resume_doc["optimizer"])
-        sched.load_state_dict(resume_doc["scheduler"])
-    net = model
-    if di.world > 1:
-        net = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
 
-    precision = resolve_precision(cfg.precision, device)
-    if precision == "bf16" and device.type != "cpu":
-        raise ConfigError("--precision bf16 is CPU autocast; on a GPU use fp32")
-    data_hash = index_hash(index_path)
-    log = RunLog(out / "log.jsonl", di.main)
-    if di.main:
-        cfg.save(out / "config.json")
-        log.write(event="resume" if resume_doc else "start", step=start_step, world=di.world,
-                  device=str(device), parameters=count_parameters(model),
-                  train_cases=len(train_cases), val_cases=len(val_cases),
-                  data_index_sha256=data_hash, precision=precision,
-                  cpu=cpu_model_name(), threads=torch.get_num_threads())
+class _Trainer:
+    """The model, its optimiser and schedule, the batch stream, and what the run writes."""
 
-    # each rank and each resume point gets its own stream of batches
-    sampler = SliceSampler(prepared, crop=(cfg.crop, cfg.crop), batch_size=cfg.batch,
-                           weak_per_batch=cfg.weak_per_batch, disc_fraction=cfg.disc_fraction,
-                           both_fraction=cfg.both_fraction,
-                           augment=AugmentConfig(enabled=cfg.augment,
-                                                 rotation_deg=cfg.rotation_deg,
-                                                 structures=structure_augment(cfg)),
-                           spacing_mm=preprocess.spacing_mm, gap_weight=cfg.gap_weight,
-                           context_slices=preprocess.context_slices,
-                           seed=hash((cfg.seed, di.rank, start_step)) % 2**32)
+    def __init__(self, cfg: TrainConfig, su: _Setup, rp: _ResumePoint):
+        self.cfg, self.su, self.best, self.start_step = cfg, su, rp.best, rp.step
+        device, di, preprocess = su.device, su.di, su.preprocess
+        torch.manual_seed(cfg.seed)
+        self.mcfg = ScarNetConfig.from_size(cfg.size, use_mcca=cfg.use_mcca, use_at=cfg.use_at,
+                                            fine_refinement=cfg.fine_refinement,
+                                            in_channels=preprocess.input_channels)
+        self.model = model = build_model(self.mcfg).to(device)
+        self.opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+        total = cfg.total_steps
+        # lr / 5 at 1/3 and 2/3 of the planned run (the paper's schedule)
+        self.sched = torch.optim.lr_scheduler.MultiStepLR(self.opt, [total // 3, 2 * total // 3],
+                                                          gamma=0.2)
+        if rp.doc is None and cfg.init:
+            init_from_checkpoint(model, cfg.init)
+        if rp.doc is not None:
+            model.load_state_dict(rp.doc["model"])
+            self.opt.load_state_dict(rp.doc["optimizer"])
+            self.sched.load_state_dict(rp.doc["scheduler"])
+        self.net = model
+        if di.world > 1:
+            self.net = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[device.index] if device.type == "cuda" else None)
 
-    end = total if cfg.max_steps is None else min(total, cfg.max_steps)
+        self.precision = resolve_precision(cfg.precision, device)
+        if self.precision == "bf16" and device.type != "cpu":
+            raise ConfigError("--precision bf16 is CPU autocast; on a GPU use fp32")
+        self.data_hash = index_hash(su.index_path)
+        self.log = RunLog(su.out / "log.jsonl", di.main)
+        if di.main:
+            cfg.save(su.out / "config.json")
+            self.log.write(event="resume" if rp.doc else "start", step=rp.step, world=di.world,
+                           device=str(device), parameters=count_parameters(model),
+                           train_cases=len(su.train_cases), val_cases=len(su.val_cases),
+                           data_index_sha256=self.data_hash, precision=self.precision,
+                           cpu=cpu_model_name(), threads=torch.get_num_threads())
 
-    def checkpoint(step: int, path: Path, metrics: dict | None = None):
-        save_checkpoint(path, model_state=model.state_dict(), model_config=mcfg.to_dict(),
-                        train_config=cfg.to_dict(), preprocess=preprocess.to_dict(),
-                        data_index_sha256=data_hash, step=step,
-                        epoch=step // cfg.steps_per_epoch, optimizer_state=opt.state_dict(),
-                        scheduler_state=sched.state_dict(), metrics=metrics,
-                        extra={"best": best, "val_cases": [c.id for c in val_cases],
-                               "data_index": str(index_path.resolve())})
+        # each rank and each resume point gets its own stream of batches
+        self.sampler = SliceSampler(
+            su.prepared, crop=(cfg.crop, cfg.crop), batch_size=cfg.batch,
+            weak_per_batch=cfg.weak_per_batch, disc_fraction=cfg.disc_fraction,
+            both_fraction=cfg.both_fraction,
+            augment=AugmentConfig(enabled=cfg.augment, rotation_deg=cfg.rotation_deg,
+                                  structures=structure_augment(cfg)),
+            spacing_mm=preprocess.spacing_mm, gap_weight=cfg.gap_weight,
+            context_slices=preprocess.context_slices,
+            seed=hash((cfg.seed, di.rank, rp.step)) % 2**32)
+        self.end = total if cfg.max_steps is None else min(total, cfg.max_steps)
 
-    interactive = di.main and sys.stderr.isatty()
-    net.train()
-    t0, step = time.time(), start_step
-    terms_acc: dict[str, float] = {}
-    with _progress(interactive) as progress:
-        task = progress.add_task("train", total=end, completed=start_step, info="")
-        while step < end:
-            batch = _batch_to_torch(sampler.next_batch(), device)
-            terms = forward_loss(net, batch, cfg, precision)
-            opt.zero_grad(set_to_none=True)
-            terms.total.backward()
-            opt.step()
-            sched.step()
-            step += 1
-            for k, v in terms.as_floats().items():
-                terms_acc[k] = terms_acc.get(k, 0.0) + v
-            if step % cfg.log_every == 0 or step == end:
-                n = cfg.log_every if step % cfg.log_every == 0 else step % cfg.log_every
-                avg = {k: v / n for k, v in terms_acc.items()}
-                terms_acc = {}
-                rate = (time.time() - t0) / max(1, step - start_step)
-                info = " ".join(f"{k}={v:.3f}" for k, v in avg.items())
-                progress.update(task, completed=step, info=info)
-                log.write(event="train", step=step, lr=sched.get_last_lr()[0],
-                          s_per_step=rate, **avg)
-                if di.main and not interactive:
-                    print(f"step {step}/{end} {info} lr={sched.get_last_lr()[0]:.2e} "
-                          f"{rate:.2f}s/step", flush=True)
-            epoch_end = step % cfg.steps_per_epoch == 0
-            if (epoch_end and (step // cfg.steps_per_epoch) % cfg.val_every == 0 and val_cases
-                    or step == end and val_cases):
-                if di.main:
-                    v = validate(model, val_cases, preprocess, device=device)
-                    log.write(event="val", step=step, **v)
-                    score = v.get("selection_score") or 0.0
-                    if score > best:
-                        best = score
-                        checkpoint(step, out / "best.pt", metrics=v)
-                    print(f"val step {step}: score {score:.4f} (best {best:.4f}) "
-                          f"VB {v.get('mean_vertebra_dice')} IVD {v.get('mean_disc_dice')} "
-                          f"far-FP max {v.get('far_fp_max')} kp median "
-                          f"{v.get('keypoint_error_median_mm')} mm", flush=True)
-                if di.world > 1:
-                    dist.barrier()
-            if di.main and (step % cfg.ckpt_every == 0 or step == end):
-                checkpoint(step, last)
-    if di.world > 1:
-        # DDP keeps parameters identical (averaged gradients, same updates); BatchNorm running
-        # statistics are broadcast from rank 0 only at the start of each forward, so the last
-        # forward leaves each rank with its own. Take rank 0's, which is what last.pt holds.
-        for buf in model.buffers():
-            dist.broadcast(buf, src=0)
-    digest = state_digest(model)
-    identical = True
-    if di.world > 1:
-        digests = [None] * di.world
-        dist.all_gather_object(digests, digest)
-        identical = len(set(digests)) == 1
-    summary = {"event": "end", "step": step, "best_mean_dice": best, "weights_sha256": digest,
-               "ranks_identical": identical, "wall_s": time.time() - t0}
-    log.write(**summary)
-    if di.world > 1:
-        dist.barrier()
-        dist.destroy_process_group()
-    return summary
+    def checkpoint(self, step: int, path: Path, metrics: dict | None = None) -> None:
+        cfg, su = self.cfg, self.su
+        save_checkpoint(path, model_state=self.model.state_dict(), model_config=self.mcfg.to_dict(),
+                        train_config=cfg.to_dict(), preprocess=su.preprocess.to_dict(),
+                        data_index_sha256=self.data_hash, step=step,
+                        epoch=step // cfg.steps_per_epoch, optimizer_state=self.opt.state_dict(),
+                        scheduler_state=self.sched.state_dict(), metrics=metrics,
+                        extra={"best": self.best, "val_cases": [c.id for c in su.val_cases],
+                               "data_index": str(su.index_path.resolve())})
+
+    def run(self) -> int:
+        """The step loop: train steps, logs, validation and checkpoints; returns the last step."""
+        cfg, di, end = self.cfg, self.su.di, self.end
+        interactive = di.main and sys.stderr.isatty()
+        self.net.train()
+        self.t0, step = time.time(), self.start_step
+        terms_acc: dict[str, float] = {}
+        with _progress(interactive) as progress:
+            task = progress.add_task("train", total=end, completed=step, info="")
+            while step < end:
+                batch = _batch_to_torch(self.sampler.next_batch(), self.su.device)
+                terms = forward_loss(self.net, batch, cfg, self.precision)
+                self.opt.zero_grad(set_to_none=True)
+                terms.total.backward()
+                self.opt.step()
+                self.sched.step()
+                step += 1
+                for k, v in terms.as_floats().items():
+                    terms_acc[k] = terms_acc.get(k, 0.0) + v
+                if step % cfg.log_every == 0 or step == end:
+                    n = cfg.log_every if step % cfg.log_every == 0 else step % cfg.log_every
+                    avg = {k: v / n for k, v in terms_acc.items()}
+                    terms_acc = {}
+                    rate = (time.time() - self.t0) / max(1, step - self.start_step)
+                    info = " ".join(f"{k}={v:.3f}" for k, v in avg.items())
+                    progress.update(task, completed=step, info=info)
+                    self.log.write(event="train", step=step, lr=self.sched.get_last_lr()[0],
+                                   s_per_step=rate, **avg)
+                    if di.main and not interactive:
+                        print(f"step {step}/{end} {info} lr={self.sched.get_last_lr()[0]:.2e} "
+                              f"{rate:.2f}s/step", flush=True)
+                epoch_end = step % cfg.steps_per_epoch == 0
+                if (epoch_end and (step // cfg.steps_per_epoch) % cfg.val_every == 0
+                        and self.su.val_cases or step == end and self.su.val_cases):
+                    self._validate(step)
+                if di.main and (step % cfg.ckpt_every == 0 or step == end):
+                    self.checkpoint(step, self.su.out / "last.pt")
+        return step
+
+    def _validate(self, step: int) -> None:
+        """Rank 0 validates, logs, and keeps best.pt; the other ranks wait for it."""
+        di = self.su.di
+        if di.main:
+            v = validate(self.model, self.su.val_cases, self.su.preprocess, device=self.su.device)
+            self.log.write(event="val", step=step, **v)
+            score = v.get("selection_score") or 0.0
+            if score > self.best:
+                self.best = score
+                self.checkpoint(step, self.su.out / "best.pt", metrics=v)
+            print(f"val step {step}: score {score:.4f} (best {self.best:.4f}) "
+                  f"VB {v.get('mean_vertebra_dice')} IVD {v.get('mean_disc_dice')} "
+                  f"far-FP max {v.get('far_fp_max')} kp median "
+                  f"{v.get('keypoint_error_median_mm')} mm", flush=True)
+        if di.world > 1:
+            dist.barrier()
+
+    def finish(self, step: int) -> dict:
+        """Ranks agree on the final weights; the summary is logged and returned."""
+        di, model = self.su.di, self.model
+        if di.world > 1:
+            # DDP keeps parameters identical (averaged gradients, same updates); BatchNorm running
+            # statistics are broadcast from rank 0 only at the start of each forward, so the last
+            # forward leaves each rank with its own. Take rank 0's, which is what last.pt holds.
+            for buf in model.buffers():
+                dist.broadcast(buf, src=0)
+        digest = state_digest(model)
+        identical = True
+        if di.world > 1:
+            digests = [None] * di.world
+            dist.all_gather_object(digests, digest)
+            identical = len(set(digests)) == 1
+        summary = {"event": "end", "step": step, "best_mean_dice": self.best,
+                   "weights_sha256": digest, "ranks_identical": identical,
+                   "wall_s": time.time() - self.t0}
+        self.log.write(**summary)
+        if di.world > 1:
+            dist.barrier()
+            dist.destroy_process_group()
+        return summary
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Run (or resume) training; returns the final summary (also the last line of log.jsonl).
+
+    Setup (device, ranks, every training case read), the resume point, the trainer (model,
+    optimiser, schedule, batch stream: the same draws for the same seed and step), the step
+    loop, and the finish (ranks agree on the weights)."""
+    su = _setup(cfg)
+    trainer = _Trainer(cfg, su, _resume_point(cfg, su.out, su.di))
+    return trainer.finish(trainer.run())
