@@ -1,11 +1,11 @@
 """Repetition and case counts of ``make bench`` and ``make bench-quick``, and default paths.
 
-Sized for a 2-core CPU where the small model does ~2.8 GFLOP per 256x256 slice (ONNX Runtime FP32
-~30-60 ms per slice; a ~381x381x77 val volume is 77 slices of 384x384): the full run stays well
-under 15 minutes and the quick one under 3 minutes from a clean clone (see docs/performance.md
-for the budget). Every worker also has a soft time budget: past it, timing loops stop after
-their minimum repetitions (the JSON records how many were made), so a slow backend cannot blow
-the total. The accuracy case set is never cut short, so every row is scored on the same cases.
+Sized for a 2-core CPU and the small model (~2.8 GFLOP per 256x256 slice; a val volume is ~77
+slices of 384x384), so that a run from a clean clone stays short, the quick one a few minutes (the
+measured times: docs/performance.md, "Time budget"). Every worker also has a soft time budget: past
+it, timing loops stop after their minimum repetitions (the JSON records how many were made), so a
+slow backend cannot blow the total. The accuracy case set is never cut short, so every row is
+scored on the same cases.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ class Settings:
     # the default path's peak RSS on a large volume (issue 14: <= 2 GB at 512 x 512 x 200): the
     # reference volume resampled to this shape (voxels; 1 mm), full mode only
     big_volume: tuple[int, int, int] | None = (512, 512, 200)
-    # the v0.1 export form's latency row (an extra ~40 s export from the checkpoint, cached)
+    # the v0.1 export form's latency row (an extra export from the checkpoint, cached)
     v01_form: bool = True
 
     def to_dict(self) -> dict:

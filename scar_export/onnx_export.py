@@ -34,9 +34,8 @@ EXAMPLE_SHAPE = (2, 1, 96, 64)  # (N, C, H, W); C becomes the model's input chan
 # scar ops whose function body is a faster exact form than what the exporter traces: the plain
 # export inlines them (the Scan + depthwise Conv form of the per-sample 7x7 conv). The AT
 # attention's plain SDPA chain (ModulatedAttention's body) was tried in place of the exporter's
-# split-scale decomposition and measured no faster (ONNX Runtime 1.32 and OpenVINO 2026.4,
-# 2 threads, 256 and 384 px, interleaved: within 2%; OpenVINO fuses neither into its SDPA
-# kernel), so it is not inlined (docs/performance.md).
+# split-scale decomposition and was no faster (OpenVINO fuses neither into its SDPA kernel), so
+# it is not inlined (the figures: docs/performance.md).
 FAST_FORM_OPS = ("DynamicDepthwiseConv",)
 
 

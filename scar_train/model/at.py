@@ -4,8 +4,8 @@
     FE    = F_S^L + dynamic_depthwise_conv(AT(F_S^L, W), alpha)
     alpha = conv1x1(adaptive_avg_pool(F_R^L, 7x7))            one 7x7 kernel per sample, channel
 
-Everything must export with dynamic batch, H and W (TENSORRT.md), which rules out three obvious
-PyTorch forms:
+Everything must export with dynamic batch, H and W (../shared/docs/TENSORRT.md, docs/export.md),
+which rules out three obvious PyTorch forms:
   * ``F.adaptive_avg_pool2d(x, 7)`` exports as an AveragePool whose kernel is computed from the
     example size, silently wrong at other sizes -> :func:`adaptive_avg_pool_matrix` builds the
     averaging matrices from the run-time shape;
@@ -95,8 +95,8 @@ def _grouped_conv(x: torch.Tensor, weight: torch.Tensor, padding: int) -> torch.
 class _DynamicDepthwiseConv(torch.autograd.Function):
     """Forward = :func:`shifted_tap_sum` (what export traces); a fast hand-written backward.
 
-    Autograd through 49 slices allocates and zero-fills a padded-size gradient per tap (~5x
-    slower than the forward on a 2-core CPU). The backward is never exported, so it may use
+    Autograd through 49 slices allocates and zero-fills a padded-size gradient per tap (several
+    times slower than the forward). The backward is never exported, so it may use
     grouped convs with ``groups = N * C``: the input gradient is the same conv with the kernel
     flipped, the kernel gradient is the correlation of the padded input with the output gradient.
     """

@@ -12,9 +12,9 @@ from .layers import ConvBNReLU, SeparableConv2d, resize_like
 class SegmentationDecoder(nn.Module):
     """``logits = up4(conv1x1(SeConv(SeConv(concat(up4(MF), proj(FE))))))``.
 
-    MODEL.md's "SeConv + Conv" is read as DeepLabv3+'s refinement: two separable 3x3 convs and a
-    1x1 classifier. FE is first projected to ``low_projection`` channels (48 in DeepLabv3+) so
-    the stride-4 convs stay cheap. Returns raw logits at the input resolution. With
+    ../shared/docs/MODEL.md's "SeConv + Conv" is read as DeepLabv3+'s refinement: two separable
+    3x3 convs and a 1x1 classifier. FE is first projected to ``low_projection`` channels (48 in
+    DeepLabv3+) so the stride-4 convs stay cheap. Returns raw logits at the input resolution. With
     ``fine_channels`` > 0 (the stem's channels) the logits pass :class:`BoundaryRefinement` at
     stride 2 before the last upsampling (not in the paper: see that class for why).
     """

@@ -1,7 +1,7 @@
 """MCCA: multi-channel cross attention between the segmentation and recognition high-level maps.
 
-MODEL.md's fixed interpretation (all gammas are learnable scalars initialised to 0, so the block
-starts as an identity-like fusion and learns how much attention to mix in)::
+../shared/docs/MODEL.md's fixed interpretation (all gammas are learnable scalars initialised to
+0, so the block starts as an identity-like fusion and learns how much attention to mix in)::
 
     F1 = F_R^H + gamma1 * A_inter(F_S^H)
     F2 = F_S^H + gamma2 * A_intra(F_R^H)
@@ -42,7 +42,8 @@ def channel_attention(x: torch.Tensor) -> torch.Tensor:
     """DANet channel attention core: ``softmax(rowmax(X X^T) - X X^T) . X``.
 
     x: (N, C, H, W) -> (N, C, H, W). The energy sums over H*W and exceeds the FP16 range on real
-    inputs (see TENSORRT.md): an FP16 export must keep this function in FP32.
+    inputs (docs/export.md, "Why the channel-attention island"): an FP16 export must keep this
+    function in FP32.
     """
     n, c, h, w = x.shape
     flat = x.flatten(2)

@@ -38,7 +38,7 @@ def _encoder_kwargs(cfg: ScarNetConfig) -> dict:
 
 
 class ScarNet(nn.Module):
-    """Segmentation path S + recognition path R (MODEL.md).
+    """Segmentation path S + recognition path R (../shared/docs/MODEL.md, docs/model.md).
 
     ``forward(x)`` takes one tensor (N, in_channels, H, W), H and W divisible by 16, and returns
     :class:`ScarNetOutput`. With ``use_mcca=False`` MF = F_S^H and with ``use_at=False``

@@ -14,7 +14,8 @@ from typing import Any
 # bodies L1..L5, 6..10 discs L1/L2..L5/S1) and 10 key-points (key-point k = centre of class k+1).
 from scar_runtime.labels import NUM_CLASSES, NUM_KEYPOINTS
 
-# AT keeps 128 channels at every size (MODEL.md), so the low-level feature has 128 channels.
+# AT keeps 128 channels at every size (../shared/docs/MODEL.md), so the low-level feature has
+# 128 channels.
 LOW_LEVEL_CHANNELS = 128
 OUTPUT_STRIDE = 16
 LOW_LEVEL_STRIDE = 4
@@ -127,7 +128,7 @@ class ScarNetConfig:
 # Named sizes: only the fields that differ from the dataclass defaults (which are ``small``).
 SIZES: dict[str, dict[str, Any]] = {
     # 2.61 M parameters, 2.84 GFLOP per 256x256 slice (FlopCounterMode, 2 FLOPs per MAC; the
-    # plain U-Net baseline is 4.06), ~1.3 s per Adam step at batch 8 on 2 CPU threads.
+    # plain U-Net baseline is 4.06); step times: MODEL_CARD.md.
     # Downsampling happens in the first conv of a block so the other two run at the lower
     # resolution; channels stay small at stride 2 and 4.
     "small": {},
