@@ -18,13 +18,13 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from scar_runtime.atomic import atomic_write
 from scar_runtime.backends import read_model_metadata
 from scar_runtime.errors import ConfigError, ModelError
 from scar_runtime.hashing import file_sha256
@@ -140,9 +140,7 @@ def export_from_checkpoint(ckpt: Path, out: Path, *, fp16: bool, fast_forms: boo
                          training=training_summary(ck))
     set_metadata(proto, meta)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    save_onnx(proto, tmp)
-    os.replace(tmp, out)
+    atomic_write(out, lambda tmp: save_onnx(proto, tmp), force=True)
     return time.time() - t0
 
 
@@ -242,9 +240,9 @@ def quantize_int8(fp32: Path, out: Path, slices: np.ndarray, *, op_types: tuple[
 
     reader = _slice_reader(slices)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp.onnx")
     t0 = time.time()
-    try:
+
+    def write(tmp: Path) -> None:
         with _quiet_quantizer():
             quantize_static(str(fp32), str(tmp), reader, quant_format=QuantFormat.QDQ,
                             op_types_to_quantize=list(op_types), per_channel=True,
@@ -252,9 +250,8 @@ def quantize_int8(fp32: Path, out: Path, slices: np.ndarray, *, op_types: tuple[
                             calibrate_method=CalibrationMethod.MinMax,
                             nodes_to_exclude=list(exclude or []))
         _keep_metadata(fp32, tmp)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+
+    atomic_write(out, write, force=True)
     return time.time() - t0
 
 
