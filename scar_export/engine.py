@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import re
 import time
 from pathlib import Path
 
 from scar_runtime.atomic import atomic_write_bytes
 from scar_runtime.backends.tensorrt import cuda_device
+from scar_runtime.core.paths import user_cache_dir
 from scar_runtime.errors import ModelError, ScarError
 from scar_runtime.hashing import file_sha256
 
@@ -86,7 +86,7 @@ def profile_shapes(preprocess: dict) -> dict[str, list[int]]:
 
 
 def timing_cache_path(trt_version: str, gpu: dict) -> Path:
-    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "scar-net"
+    root = user_cache_dir()
     tag = f"{trt_version}-{gpu['name']}-sm{gpu['compute_capability']}"
     tag = re.sub(r"[^A-Za-z0-9.]+", "-", tag)
     return root / f"tensorrt-{tag}.timing-cache"

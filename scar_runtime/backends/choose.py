@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import numpy as np
 
 from scar_runtime.backends.base import Runner
 from scar_runtime.backends.threads import default_threads
+from scar_runtime.core.paths import user_cache_dir
 from scar_runtime.errors import ModelError
 
 # A full-field lumbar slice on the 1 mm grid (300-400 mm field of view); the channel count is
@@ -30,8 +30,7 @@ PROBE_REPS = 3
 
 
 def choice_cache_path() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "scar-net" / "cpu-backend.json"
+    return user_cache_dir() / "cpu-backend.json"
 
 
 def _cpu_signature() -> str:

@@ -13,7 +13,6 @@ BF16 when both hold, else FP32. An INT8 (QDQ) model runs as given: its precision
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +20,7 @@ import numpy as np
 from scar_runtime.backends.base import Runner, check_io_names
 from scar_runtime.backends.precision import check_precision, gate_passed, read_gate, require_gate
 from scar_runtime.backends.threads import default_threads
+from scar_runtime.core.paths import user_cache_dir
 from scar_runtime.errors import ConfigError, ModelError
 from scar_runtime.model_meta import INPUT_NAME, OUTPUT_NAMES, ModelMetadata
 
@@ -28,8 +28,7 @@ OV_PRECISION = {"fp32": "f32", "bf16": "bf16"}
 
 
 def cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "scar-net" / "openvino"
+    return user_cache_dir() / "openvino"
 
 
 def _openvino():
