@@ -14,15 +14,19 @@ Order of work, so that a mistake costs seconds, not a 40 s export:
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from scar_runtime.atomic import atomic_write_bytes, atomic_write_text, atomic_write_unnamed
-from scar_runtime.atomic import check_output_path as _check_output
+from scar_runtime.atomic import (
+    atomic_write_bytes,
+    atomic_write_text,
+    atomic_write_unnamed,
+    check_output_folder,
+    check_output_path,
+)
 from scar_runtime.backends.precision import parity_record_path
-from scar_runtime.errors import ConfigError, ModelError, OutputError
+from scar_runtime.errors import ConfigError, ModelError
 from scar_runtime.model_meta import ModelMetadata
 from scar_runtime.pipeline.preprocess import PreprocessConfig
 
@@ -32,14 +36,8 @@ TRAINING_SUMMARY_KEYS = ("mean_dice", "mean_vertebra_dice", "mean_disc_dice",
 
 def _check_outputs(paths: list[Path], *, force: bool, ckpt: Path) -> None:
     for p in paths:
-        _check_output(p, force=force, inputs=[ckpt])
-        folder = p.parent if str(p.parent) else Path(".")
-        if folder.exists() and not folder.is_dir():
-            raise OutputError(f"cannot write {p}: {folder} is not a folder")
-        if not folder.is_dir():
-            raise OutputError(f"output folder {folder} does not exist")
-        if not os.access(folder, os.W_OK | os.X_OK):
-            raise OutputError(f"output folder {folder} is not writable")
+        check_output_path(p, force=force, inputs=[ckpt])
+        check_output_folder(p)
 
 
 def training_summary(ckpt: dict) -> dict:

@@ -126,9 +126,11 @@ def check_folder_creatable(folder: Path | str) -> None:
         raise OutputError(f"cannot create {folder}: {parent} is not writable")
 
 
-def _output_folder(path: Path) -> Path:
+def check_output_folder(path: Path) -> Path:
     """The folder ``path`` will be written in, which must exist and be writable."""
     folder = path.parent if str(path.parent) else Path(".")
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(f"cannot write {path}: {folder} is not a folder")
     if not folder.is_dir():
         raise OutputError(f"output folder {folder} does not exist")
     if not os.access(folder, os.W_OK | os.X_OK):
@@ -150,7 +152,7 @@ def atomic_write(
     """
     path = Path(path)
     check_output_path(path, force=force, inputs=inputs)
-    folder = _output_folder(path)
+    folder = check_output_folder(path)
     with signals_raise():
         return _write_via_named_temp(path, folder, write, force=force)
 
@@ -326,7 +328,7 @@ def atomic_write_unnamed(path: Path | str, write: Callable[[Path], None], *,
     :func:`atomic_write` (a named temp file, removed on errors, Ctrl-C and SIGTERM)."""
     path = Path(path)
     check_output_path(path, force=force, inputs=inputs)
-    folder = _output_folder(path)
+    folder = check_output_folder(path)
     try:
         fd = _open_unnamed(folder)
     except OSError as e:
@@ -352,7 +354,7 @@ def atomic_write_stream(path: Path | str, write: Callable[[BinaryIO], object], *
     are written while a training run may be killed at any moment)."""
     path = Path(path)
     check_output_path(path, force=force, inputs=inputs)
-    folder = _output_folder(path)
+    folder = check_output_folder(path)
     try:
         fd = _stream_unnamed(folder, write)
     except OSError as e:

@@ -1,1 +1,1 @@
-"""Infrastructure every room uses: user paths (and, as the layout settles, atomic writes, errors, hashing)."""
+"""Infrastructure every room uses: user paths, atomic writes, errors, hashing."""

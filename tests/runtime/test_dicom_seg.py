@@ -113,8 +113,8 @@ def test_dicom_seg_is_a_valid_segmentation_with_coded_levels(tmp_path, algorithm
 
 
 def test_disc_segments_are_coded_as_discs(tmp_path, algorithm):
-    from helpers import IVD_IMG, IVD_SEG
     from dicom_series import SeriesSpec, write_series
+    from helpers import IVD_IMG, IVD_SEG
 
     write_series(IVD_IMG, tmp_path / "ivd", SeriesSpec(axcodes=("I", "P", "R")))
     vol = load_volume(tmp_path / "ivd")
