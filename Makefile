@@ -51,7 +51,7 @@ lint: install
 	$(VENV)/bin/ruff check .
 
 demo: install
-	$(PY) -m scar_runtime.demo
+	$(PY) -m scar_runtime.commands.demo
 
 bench: install
 	$(PY) -m benchmarks.run

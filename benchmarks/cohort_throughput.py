@@ -66,7 +66,7 @@ def main() -> None:
     for label, extra in configs:
         out = args.out / label.split(",")[0].replace(" ", "_") / str(len(doc["runs"]))
         clock = time.perf_counter()
-        p = subprocess.run([sys.executable, "-m", "scar_runtime.cli", "infer", str(src), "-o",
+        p = subprocess.run([sys.executable, "-m", "scar_runtime", "infer", str(src), "-o",
                             str(out), *PINNED, *extra], capture_output=True, text=True,
                            cwd=REPO)
         wall = time.perf_counter() - clock

@@ -15,7 +15,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from scar_runtime.errors import ScarError
+from scar_runtime.core.errors import ScarError
 from scar_runtime.evaluation.dataset import Case, read_index
 from scar_runtime.io import load_volume
 from scar_runtime.pipeline.preprocess import PreprocessConfig, image_to_slices

@@ -24,10 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
-from scar_runtime.atomic import atomic_write
 from scar_runtime.backends import read_model_metadata
-from scar_runtime.errors import ConfigError, ModelError
-from scar_runtime.hashing import file_sha256
+from scar_runtime.core.atomic import atomic_write
+from scar_runtime.core.errors import ConfigError, ModelError
+from scar_runtime.core.hashing import file_sha256
 
 
 def _norm(d) -> object:

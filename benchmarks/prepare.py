@@ -11,7 +11,7 @@ import numpy as np
 
 from benchmarks import settings as S
 from benchmarks.variants import Variant
-from scar_runtime.errors import ScarError
+from scar_runtime.core.errors import ScarError
 
 Triple = tuple[str, str, str]  # (backend, precision, device)
 

@@ -22,7 +22,7 @@ from benchmarks.summary import (
     targets,
 )
 from benchmarks.variants import label, short_label, variant_key
-from scar_runtime.atomic import atomic_write_text
+from scar_runtime.core.atomic import atomic_write_text
 
 __all__ = ["SCHEMA_VERSION", "TABLE2_COLUMNS", "accuracy_section", "build_rows", "delta_points",
            "label", "make_plots", "render_markdown", "short_label", "table2", "targets",

@@ -36,7 +36,7 @@ from benchmarks.report import (
 )
 from benchmarks.variants import select_variants
 from scar_runtime.backends.threads import default_threads
-from scar_runtime.errors import ScarError
+from scar_runtime.core.errors import ScarError
 
 __all__ = ["main", "parse_args", "prepare", "select_variants"]
 

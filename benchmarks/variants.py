@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from scar_runtime.errors import ScarError
+from scar_runtime.core.errors import ScarError
 
 _GPU_COPIES = "GPU timings include host<->device copies"
 

@@ -100,7 +100,7 @@ def _median_run(runs: list[dict]) -> dict:
 def run_volume(seg, image: Path, write_dir: Path, name: str) -> tuple[dict, object]:
     from benchmarks.pipeline import timed_segment
     from scar_runtime.io import load_volume
-    from scar_runtime.outputs import write_case
+    from scar_runtime.io.case_writer import write_case
 
     t0 = time.perf_counter()
     vol = load_volume(image)
@@ -140,7 +140,7 @@ def measure_volume(seg, spec: dict, budget: Budget) -> dict:
 
 def measure_accuracy(seg, spec: dict) -> dict:
     from benchmarks.pipeline import timed_segment
-    from scar_runtime.errors import ScarError
+    from scar_runtime.core.errors import ScarError
     from scar_runtime.evaluation.dataset import read_index
     from scar_runtime.evaluation.metrics import (
         far_fp_stats,

@@ -18,15 +18,15 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from scar_runtime.atomic import (
+from scar_runtime.backends.precision import parity_record_path
+from scar_runtime.core.atomic import (
     atomic_write_bytes,
     atomic_write_text,
     atomic_write_unnamed,
     check_output_folder,
     check_output_path,
 )
-from scar_runtime.backends.precision import parity_record_path
-from scar_runtime.errors import ConfigError, ModelError
+from scar_runtime.core.errors import ConfigError, ModelError
 from scar_runtime.model_meta import ModelMetadata
 from scar_runtime.pipeline.preprocess import PreprocessConfig
 

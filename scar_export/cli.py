@@ -35,7 +35,7 @@ def export(
 def main() -> None:  # `python -m scar_export.cli`
     import sys
 
-    from scar_runtime.cli import run
+    from scar_runtime.commands.cli import run
 
     sys.exit(run(["export", *sys.argv[1:]]))
 

@@ -24,11 +24,11 @@ import re
 import time
 from pathlib import Path
 
-from scar_runtime.atomic import atomic_write_bytes
 from scar_runtime.backends.tensorrt import cuda_device
+from scar_runtime.core.atomic import atomic_write_bytes
+from scar_runtime.core.errors import ModelError, ScarError
+from scar_runtime.core.hashing import file_sha256
 from scar_runtime.core.paths import user_cache_dir
-from scar_runtime.errors import ModelError, ScarError
-from scar_runtime.hashing import file_sha256
 
 ENGINE_FORMAT = "scar-net-tensorrt"
 MIN_BATCH, OPT_BATCH, MAX_BATCH = 1, 4, 8

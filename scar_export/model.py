@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from scar_runtime.errors import ModelError
+from scar_runtime.core.errors import ModelError
 from scar_runtime.pipeline.preprocess import PreprocessConfig
 from scar_train.checkpoint import load_checkpoint
 from scar_train.model import ScarNet, ScarNetConfig, build_model

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import onnx
 
-from scar_runtime.errors import ModelError
+from scar_runtime.core.errors import ModelError
 from scar_runtime.model_meta import INPUT_NAME, OUTPUT_NAMES, ModelMetadata
 
 if TYPE_CHECKING:

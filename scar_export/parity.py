@@ -29,7 +29,7 @@ import numpy as np
 from scar_runtime import labels as L
 from scar_runtime.backends.precision import GATE_LIMITS
 from scar_runtime.backends.threads import default_threads
-from scar_runtime.errors import ScarError
+from scar_runtime.core.errors import ScarError
 from scar_runtime.evaluation.metrics import dice
 from scar_runtime.pipeline.preprocess import PreprocessConfig, image_to_slices, labels_to_slices
 

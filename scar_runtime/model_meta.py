@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from scar_runtime import __version__
 from scar_runtime import labels as L
-from scar_runtime.errors import ModelError
+from scar_runtime.core.errors import ModelError
 from scar_runtime.pipeline.preprocess import PreprocessConfig
 
 FORMAT = "scar-net-onnx"

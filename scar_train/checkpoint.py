@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from scar_runtime.atomic import atomic_write_stream
-from scar_runtime.errors import ModelError
+from scar_runtime.core.atomic import atomic_write_stream
+from scar_runtime.core.errors import ModelError
 
 FORMAT = "scar-net-checkpoint"
 FORMAT_VERSION = 1

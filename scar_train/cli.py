@@ -97,7 +97,7 @@ def train(
 def main() -> None:  # `python -m scar_train.cli` (torchrun uses this)
     import sys
 
-    from scar_runtime.cli import run
+    from scar_runtime.commands.cli import run
 
     sys.exit(run(["train", *sys.argv[1:]]))
 

@@ -6,7 +6,7 @@ import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from scar_runtime.errors import ConfigError
+from scar_runtime.core.errors import ConfigError
 
 # Fields that may differ between a run and its --resume (they do not change what is trained).
 # precision: BF16 autocast is a speed setting for the CPU a run happens to be on (a run resumed
@@ -110,7 +110,7 @@ class TrainConfig:
         return cls(**{k: v for k, v in d.items() if k in known})
 
     def save(self, path: Path) -> None:
-        from scar_runtime.atomic import atomic_write_text
+        from scar_runtime.core.atomic import atomic_write_text
 
         atomic_write_text(path, json.dumps(self.to_dict(), indent=1), force=True)
 

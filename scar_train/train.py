@@ -21,8 +21,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from scar_runtime.atomic import check_folder_creatable
-from scar_runtime.errors import ConfigError, DataIndexError
+from scar_runtime.core.atomic import check_folder_creatable
+from scar_runtime.core.errors import ConfigError, DataIndexError
 from scar_runtime.evaluation.dataset import Case, index_hash, read_index
 from scar_runtime.pipeline.preprocess import PreprocessConfig
 from scar_train.augment_structures import StructureAugmentConfig

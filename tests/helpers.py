@@ -47,7 +47,7 @@ def default_signals() -> None:
 
 def run_scar(*args: str, timeout: float = 300, env: dict | None = None):
     """Run the real `scar` CLI in a subprocess (as a user would)."""
-    return subprocess.run([sys.executable, "-m", "scar_runtime.cli", *map(str, args)],
+    return subprocess.run([sys.executable, "-m", "scar_runtime", *map(str, args)],
                           capture_output=True, text=True, timeout=timeout, cwd=REPO,
                           env={**os.environ, **(env or {})})
 

@@ -49,14 +49,14 @@ def _enqueue(kernel, inputs, attrs, outputs, stream) -> None:
 def register_plugins() -> list:
     """Register the scar plugins with TensorRT (idempotent); returns their ids.
 
-    Raises :class:`scar_runtime.errors.ModelError` when TensorRT is not installed.
+    Raises :class:`scar_runtime.core.errors.ModelError` when TensorRT is not installed.
     """
     if _registered:
         return list(_registered)
     try:
         import tensorrt.plugin as trtp
     except ImportError as e:
-        from scar_runtime.errors import ModelError
+        from scar_runtime.core.errors import ModelError
 
         raise ModelError("the scar TensorRT plugins need TensorRT >= 11 (tensorrt.plugin): "
                          f"{e}") from e

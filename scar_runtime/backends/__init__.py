@@ -14,7 +14,7 @@ from pathlib import Path
 
 from scar_runtime.backends.base import Runner
 from scar_runtime.backends.precision import PRECISIONS, check_precision
-from scar_runtime.errors import ConfigError
+from scar_runtime.core.errors import ConfigError
 
 BACKENDS = ("auto", "onnxruntime", "openvino", "tensorrt")
 DEVICES = ("auto", "cpu", "cuda")

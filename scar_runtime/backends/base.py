@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from scar_runtime.errors import ModelError
+from scar_runtime.core.errors import ModelError
 from scar_runtime.model_meta import INPUT_NAME, OUTPUT_NAMES, ModelMetadata
 
 

@@ -19,8 +19,8 @@ import numpy as np
 
 from scar_runtime.backends.base import Runner
 from scar_runtime.backends.threads import default_threads
+from scar_runtime.core.errors import ModelError
 from scar_runtime.core.paths import user_cache_dir
-from scar_runtime.errors import ModelError
 
 # A full-field lumbar slice on the 1 mm grid (300-400 mm field of view); the channel count is
 # the model's (2.5D models take more). Not smaller: at 256 x 256 the two backends tie on an AVX2
@@ -52,7 +52,7 @@ def choice_key(model: Path, threads: int, precision: str) -> str:
     import onnxruntime
     import openvino
 
-    from scar_runtime.hashing import file_sha256
+    from scar_runtime.core.hashing import file_sha256
 
     return "|".join([_cpu_signature(), f"ort {onnxruntime.__version__}",
                      f"ov {openvino.__version__}", f"threads {threads}", precision,
@@ -69,7 +69,7 @@ def _read_cache() -> dict:
 
 
 def _write_cache(key: str, entry: dict) -> None:
-    from scar_runtime.atomic import atomic_write_text
+    from scar_runtime.core.atomic import atomic_write_text
 
     doc = _read_cache()
     doc[key] = entry

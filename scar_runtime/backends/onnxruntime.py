@@ -9,7 +9,7 @@ import numpy as np
 
 from scar_runtime.backends.base import Runner, check_io_names
 from scar_runtime.backends.threads import default_threads
-from scar_runtime.errors import ConfigError, ModelError
+from scar_runtime.core.errors import ConfigError, ModelError
 from scar_runtime.model_meta import INPUT_NAME, OUTPUT_NAMES, ModelMetadata
 
 

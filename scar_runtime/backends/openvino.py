@@ -20,8 +20,8 @@ import numpy as np
 from scar_runtime.backends.base import Runner, check_io_names
 from scar_runtime.backends.precision import check_precision, gate_passed, read_gate, require_gate
 from scar_runtime.backends.threads import default_threads
+from scar_runtime.core.errors import ConfigError, ModelError
 from scar_runtime.core.paths import user_cache_dir
-from scar_runtime.errors import ConfigError, ModelError
 from scar_runtime.model_meta import INPUT_NAME, OUTPUT_NAMES, ModelMetadata
 
 OV_PRECISION = {"fp32": "f32", "bf16": "bf16"}

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from scar_runtime.errors import ConfigError
+from scar_runtime.core.errors import ConfigError
 
 PRECISIONS = ("auto", "fp32", "bf16")
 GATE_LIMITS = {"label_agreement": 0.995, "dice_difference": 0.5}

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from scar_runtime.backends.base import Runner
-from scar_runtime.errors import ConfigError, ModelError
+from scar_runtime.core.errors import ConfigError, ModelError
 from scar_runtime.model_meta import INPUT_NAME, OUTPUT_NAMES, ModelMetadata
 
 

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from scar_runtime.cluster import RAY_EXTRA
-from scar_runtime.errors import ConfigError, ScarError, one_line
+from scar_runtime.core.errors import ConfigError, ScarError, one_line
 from scar_runtime.folder_run.case import CaseOutcome, CaseSettings, failed_outcome, run_case
 
 # Test-only hook (tests/runtime/test_ray_run.py): when set to a file path, the first actor to
@@ -172,7 +172,7 @@ class CaseWorker:
     def __init__(self, cases, settings: CaseSettings, formats: dict, segmenter: dict,
                  threads: int, input_paths: list[str], counter, options: RayOptions,
                  kill_marker: str | None = None, kill_always: str | None = None):
-        from scar_runtime.atomic import InputSet
+        from scar_runtime.core.atomic import InputSet
         from scar_runtime.pipeline.segmenter import Segmenter
 
         # the libraries' own thread pools, not only the backend's: the actor owns `threads` CPUs

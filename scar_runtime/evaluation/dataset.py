@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from scar_runtime import labels as L
-from scar_runtime.errors import DataIndexError
+from scar_runtime.core.errors import DataIndexError
+from scar_runtime.core.hashing import file_sha256
 from scar_runtime.evaluation.index_schema import validate_index_file
-from scar_runtime.hashing import file_sha256
 from scar_runtime.io import Volume, check_same_grid, load_volume
 
 SUPERVISION_KINDS = ("vertebrae", "discs", "both", "keypoints")

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from scar_runtime import labels as L
-from scar_runtime.errors import InputFileError, InvalidImageError
+from scar_runtime.core.errors import InputFileError, InvalidImageError
 from scar_runtime.evaluation.metrics import CaseScore, evaluate_case
 from scar_runtime.io import Volume, check_same_grid, is_nifti_path, load_volume, nifti_stem
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from scar_runtime.errors import DataIndexError
+from scar_runtime.core.errors import DataIndexError
 
 # An index lists cases, not data: a few MB at most. Bounding the file bounds the parse.
 MAX_INDEX_BYTES = 64 << 20

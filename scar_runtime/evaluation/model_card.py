@@ -26,12 +26,12 @@ from nibabel.affines import apply_affine
 from scipy import ndimage
 
 from scar_runtime import labels as L
-from scar_runtime.atomic import atomic_write_text, check_output_path
 from scar_runtime.backends import read_model_metadata
+from scar_runtime.core.atomic import atomic_write_text, check_output_path
+from scar_runtime.core.hashing import file_sha256
 from scar_runtime.evaluation import metrics as M
 from scar_runtime.evaluation.dataset import read_index
 from scar_runtime.evaluation.metrics import summarize
-from scar_runtime.hashing import file_sha256
 from scar_runtime.io import Volume
 from scar_runtime.pipeline.segmenter import Segmenter
 from scar_runtime.postprocess import PostprocessConfig

@@ -9,8 +9,8 @@ from rich.console import Console
 from rich.table import Table
 
 from scar_runtime import labels as L
-from scar_runtime.atomic import atomic_write_text, check_output_path
-from scar_runtime.errors import ScarError
+from scar_runtime.core.atomic import atomic_write_text, check_output_path
+from scar_runtime.core.errors import ScarError
 from scar_runtime.evaluation.evaluate import evaluate_pair, pair_inputs, unmatched
 from scar_runtime.evaluation.metrics import CaseScore, summarize
 

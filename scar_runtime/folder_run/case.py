@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from scar_runtime.atomic import InputSet, check_output_path
-from scar_runtime.errors import OutputError, ScarError, from_library
+from scar_runtime.core.atomic import InputSet, check_output_path
+from scar_runtime.core.errors import OutputError, ScarError, from_library
 from scar_runtime.folder_run.resume import (
     ModelIdentity,
     finished_stats,
@@ -23,10 +23,10 @@ from scar_runtime.folder_run.resume import (
     read_stats,
 )
 from scar_runtime.folder_run.table import failed_row, row_from_stats
-from scar_runtime.outputs import output_paths, output_set, write_case
+from scar_runtime.io.case_writer import output_paths, output_set, write_case
 
 if TYPE_CHECKING:
-    from scar_runtime.infer import CaseInput
+    from scar_runtime.commands.infer import CaseInput
     from scar_runtime.io import Volume
     from scar_runtime.io.dicom_seg import AlgorithmInfo
     from scar_runtime.pipeline.segmenter import Segmenter

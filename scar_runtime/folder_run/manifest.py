@@ -15,10 +15,10 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from scar_runtime.errors import InputFileError, ScarError
+from scar_runtime.core.errors import InputFileError, ScarError
 
 if TYPE_CHECKING:
-    from scar_runtime.infer import CaseInput
+    from scar_runtime.commands.infer import CaseInput
 
 MANIFEST_SUFFIXES = (".csv", ".txt", ".lst", ".list")
 
@@ -76,7 +76,7 @@ def _failing(error: ScarError):
 
 def manifest_cases(path: Path, series_uid: str | None = None) -> list[CaseInput]:
     """The cases of every entry (a DICOM folder may hold several studies), in manifest order."""
-    from scar_runtime.infer import CaseInput, find_cases
+    from scar_runtime.commands.infer import CaseInput, find_cases
 
     cases: list[CaseInput] = []
     for entry in read_manifest(path):

@@ -14,10 +14,10 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from scar_runtime.errors import ConfigError, ModelError
-from scar_runtime.hashing import file_sha256
+from scar_runtime.core.errors import ConfigError, ModelError
+from scar_runtime.core.hashing import file_sha256
 from scar_runtime.io import is_scar_output
-from scar_runtime.outputs import PNG_SOFTWARE, output_paths
+from scar_runtime.io.case_writer import PNG_SOFTWARE, output_paths
 
 
 @dataclass(frozen=True)

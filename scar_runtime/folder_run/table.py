@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from scar_runtime import labels as L
-from scar_runtime.atomic import InputSet, write_files_atomic
+from scar_runtime.core.atomic import InputSet, write_files_atomic
 
 TABLE_CSV = "results.csv"
 TABLE_PARQUET = "results.parquet"

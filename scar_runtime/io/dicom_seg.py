@@ -20,8 +20,8 @@ import numpy as np
 
 from scar_runtime import __version__
 from scar_runtime import labels as L
-from scar_runtime.errors import ConfigError, OutputError
-from scar_runtime.hashing import file_sha256
+from scar_runtime.core.errors import ConfigError, OutputError
+from scar_runtime.core.hashing import file_sha256
 from scar_runtime.io.dicom import dicom_source
 
 MANUFACTURER = "scar-net"

@@ -19,8 +19,8 @@ import nibabel as nib
 import numpy as np
 from nibabel import orientations as ornt_mod
 
-from scar_runtime.atomic import atomic_write
-from scar_runtime.errors import (
+from scar_runtime.core.atomic import atomic_write
+from scar_runtime.core.errors import (
     GeometryMismatchError,
     InputFileError,
     InvalidImageError,

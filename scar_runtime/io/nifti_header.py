@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from scar_runtime.errors import InputFileError, InvalidImageError
+from scar_runtime.core.errors import InputFileError, InvalidImageError
 
 SCAR_DESCRIPTION = b"scar-net segmentation"  # header description of every label map we write
 NIFTI_SUFFIXES = (".nii", ".nii.gz")

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy import ndimage
 
-from scar_runtime.errors import InvalidImageError
+from scar_runtime.core.errors import InvalidImageError
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from nibabel.affines import apply_affine
 
 from scar_runtime import labels as L
 from scar_runtime.backends import Runner, create_runner
-from scar_runtime.errors import ConfigError, InvalidImageError
+from scar_runtime.core.errors import ConfigError, InvalidImageError
 from scar_runtime.io import Volume, labels_to_image, load_volume, volume_from_image
 from scar_runtime.pipeline.preprocess import intensity_stats, iter_slice_batches, slices_to_labels
 from scar_runtime.pipeline.straighten import InplaneRotation, column_axis_deg

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from scar_runtime import labels as L
-from scar_runtime.errors import InputFileError
+from scar_runtime.core.errors import InputFileError
 from scar_runtime.folder_run.table import COLUMNS, TABLE_CSV, row_from_stats, volume_column
 from scar_runtime.io.nifti import is_nifti_path
 from scar_runtime.review.safe_files import Forbidden, inside

@@ -24,7 +24,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from scar_runtime.errors import ConfigError, ScarError
+from scar_runtime.core.errors import ConfigError, ScarError
 from scar_runtime.review.case_page import case_page, image_route
 from scar_runtime.review.cases import ResultsFolder
 from scar_runtime.review.cohort_page import cohort_page

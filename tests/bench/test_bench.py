@@ -24,7 +24,7 @@ from benchmarks.data import fit, plan_data
 from benchmarks.models import resolve
 from benchmarks.run import select_variants
 from scar_runtime import labels as L
-from scar_runtime.errors import ConfigError, ScarError
+from scar_runtime.core.errors import ConfigError, ScarError
 from scar_runtime.evaluation.metrics import evaluate_case, summarize
 from scar_runtime.io import load_volume
 

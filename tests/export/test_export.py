@@ -396,7 +396,7 @@ def test_a_model_failing_parity_is_not_written(plain, ckpt, tmp_path, monkeypatc
     """The gate (e.g. FP16 of ``ckpt``, which flips 2.5 % of its labels): the parity JSON says
     why, the model is not installed, one-line ModelError. Export and parity are stubbed here."""
     from scar_export import api, onnx_export
-    from scar_runtime.errors import ModelError
+    from scar_runtime.core.errors import ModelError
 
     proto = onnx.load(str(plain))
     monkeypatch.setattr(onnx_export, "export_onnx", lambda *a, **k: proto)
@@ -490,7 +490,7 @@ def test_plugin_kernels_match_the_model_on_cpu():
 @pytest.mark.skipif(_has_tensorrt(), reason="TensorRT is installed: the error path is not reached")
 def test_register_plugins_without_tensorrt_says_so():
     from scar_export.plugins import register_plugins
-    from scar_runtime.errors import ModelError
+    from scar_runtime.core.errors import ModelError
 
     with pytest.raises(ModelError, match="TensorRT"):
         register_plugins()
@@ -549,7 +549,7 @@ def test_engine_json_is_what_the_runtime_reads(plain, custom):
 
     from scar_export.engine import engine_info
     from scar_runtime.backends.tensorrt import check_engine_info
-    from scar_runtime.errors import ModelError
+    from scar_runtime.core.errors import ModelError
 
     gpu = {"name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"}
     pre = PreprocessConfig().to_dict()

@@ -7,13 +7,13 @@ import sys
 
 import pytest
 
-from scar_runtime.atomic import atomic_write_stream
-from scar_runtime.errors import OutputError
+from scar_runtime.core.atomic import atomic_write_stream
+from scar_runtime.core.errors import OutputError
 
 # Writes half of the new content, then dies by SIGKILL (no Python cleanup can run).
 KILLED_WRITER = """
 import os, signal, sys
-from scar_runtime.atomic import atomic_write_stream
+from scar_runtime.core.atomic import atomic_write_stream
 
 def write(f):
     f.write(b"new-" * 1000)

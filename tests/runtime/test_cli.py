@@ -80,12 +80,13 @@ def test_evaluate_image_is_not_labels():
 
 
 def test_import_does_not_pull_torch():
-    code = ("import sys, scar_runtime, scar_runtime.cli, scar_runtime.io, "
+    code = ("import sys, scar_runtime, scar_runtime.commands.cli, scar_runtime.io, "
             "scar_runtime.evaluation.metrics, scar_runtime.pipeline.preprocess, "
             "scar_runtime.evaluation.dataset, scar_runtime.evaluation.evaluate, "
             "scar_runtime.evaluation.model_card, "
-            "scar_runtime.evaluation.tables, scar_runtime.pipeline.segmenter, scar_runtime.infer, "
-            "scar_runtime.outputs, scar_runtime.preview, scar_runtime.postprocess, "
+            "scar_runtime.evaluation.tables, scar_runtime.pipeline.segmenter, "
+            "scar_runtime.commands.infer, "
+            "scar_runtime.io.case_writer, scar_runtime.io.preview, scar_runtime.postprocess, "
             "scar_runtime.backends.onnxruntime, scar_runtime.backends.tensorrt; "
             "from scar_runtime import Segmenter; "
             "bad = [m for m in sys.modules if m.split('.')[0] in "

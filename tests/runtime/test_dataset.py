@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from helpers import CHU_IMG, CHU_SEG, IVD_IMG, IVD_SEG, SHARED_INDEX, needs_shared
 
-from scar_runtime.errors import DataIndexError
+from scar_runtime.core.errors import DataIndexError
 from scar_runtime.evaluation.dataset import index_hash, read_index
 
 

@@ -20,7 +20,7 @@ from PIL import Image  # noqa: E402
 from pydicom.encaps import encapsulate  # noqa: E402
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid  # noqa: E402
 
-from scar_runtime.errors import ScarError  # noqa: E402
+from scar_runtime.core.errors import ScarError  # noqa: E402
 
 CHU_DICOM = TEST_DATA / "fcs_vb2_chu_06_2mm_dicom"
 MPEG2 = "1.2.840.10008.1.2.4.100"  # a video transfer syntax no pixel decoder reads

@@ -37,7 +37,7 @@ from helpers import (  # noqa: E402
 )
 from test_dicom_seg_sources import SOURCES  # noqa: E402
 
-from scar_runtime.errors import ScarError  # noqa: E402
+from scar_runtime.core.errors import ScarError  # noqa: E402
 
 CHU_DICOM = TEST_DATA / "fcs_vb2_chu_06_2mm_dicom"
 STEM = "fcs_vb2_chu_06_2mm_img"
@@ -168,7 +168,7 @@ def test_sigterm_during_inference_is_one_line_and_non_zero(model, tmp_path):
     src.mkdir()
     for i in range(3):
         shutil.copy(CHU_IMG, src / f"c{i}.nii.gz")
-    proc = subprocess.Popen([sys.executable, "-m", "scar_runtime.cli", "infer", str(src), "-o",
+    proc = subprocess.Popen([sys.executable, "-m", "scar_runtime", "infer", str(src), "-o",
                              str(tmp_path / "out"), *map(str, _pinned(model))], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=default_signals)

@@ -30,7 +30,7 @@ from pydicom.uid import (  # noqa: E402
     RLELossless,
 )
 
-from scar_runtime.errors import InputFileError, InvalidImageError  # noqa: E402
+from scar_runtime.core.errors import InputFileError, InvalidImageError  # noqa: E402
 from scar_runtime.io import dicom_source, load_volume  # noqa: E402
 from scar_runtime.io.dicom import scan_folder  # noqa: E402
 
@@ -151,19 +151,20 @@ def test_the_nifti_path_needs_neither_pydicom_nor_highdicom(tmp_path):
     folder is refused in one line naming the extra. (nibabel itself imports pydicom when it is
     installed, so "not in sys.modules" would test nibabel, not scar-net.)"""
     code = ("import sys; sys.modules['pydicom'] = None; sys.modules['highdicom'] = None\n"
-            "import scar_runtime, scar_runtime.cli, scar_runtime.io, scar_runtime.infer, "
-            "scar_runtime.outputs, scar_runtime.pipeline.segmenter, scar_runtime.io.dicom_seg, "
-            "scar_runtime.io.dicom\n"
+            "import scar_runtime, scar_runtime.commands.cli, scar_runtime.io, "
+            "scar_runtime.commands.infer, scar_runtime.io.case_writer, "
+            "scar_runtime.pipeline.segmenter, scar_runtime.io.dicom_seg, scar_runtime.io.dicom\n"
             "from scar_runtime.io import load_volume\n"
             f"load_volume({str(CHU_IMG)!r})\n"
-            "from scar_runtime.cli import run\n"
+            "from scar_runtime.commands.cli import run\n"
             f"sys.exit(run(['infer', {str(CHU_DICOM)!r}, '-o', {str(tmp_path / 'out')!r}]))")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert_one_line_error(p, "scar-net[dicom]")
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
-    p = subprocess.run([sys.executable, "-c", "import sys, scar_runtime.cli, scar_runtime.infer, "
-                        "scar_runtime.outputs, scar_runtime.io; print(sorted({m.split('.')[0] "
-                        "for m in sys.modules} & {'highdicom', 'torch'}))"],
+    p = subprocess.run([sys.executable, "-c", "import sys, scar_runtime.commands.cli, "
+                        "scar_runtime.commands.infer, scar_runtime.io.case_writer, "
+                        "scar_runtime.io; print(sorted({m.split('.')[0] for m in sys.modules} & "
+                        "{'highdicom', 'torch'}))"],
                        capture_output=True, text=True, cwd=REPO)
     assert p.returncode == 0 and p.stdout.strip() == "[]", p.stdout + p.stderr
 

@@ -22,7 +22,7 @@ from dicom_series import (  # noqa: E402
 from helpers import CHU_IMG, TEST_DATA, assert_one_line_error, run_scar  # noqa: E402
 from pydicom.uid import generate_uid  # noqa: E402
 
-from scar_runtime.errors import InvalidImageError  # noqa: E402
+from scar_runtime.core.errors import InvalidImageError  # noqa: E402
 from scar_runtime.io import dicom_source, load_volume  # noqa: E402
 
 CHU_DICOM = TEST_DATA / "fcs_vb2_chu_06_2mm_dicom"
@@ -129,7 +129,7 @@ def test_unreadable_entries_of_a_dicom_folder_are_listed(tmp_path):
                  "/nonexistent.onnx")
     # the model is checked before any case runs, so this run ends there: list the cases instead
     assert p.returncode == 1 and "Traceback" not in p.stderr
-    from scar_runtime.infer import find_cases
+    from scar_runtime.commands.infer import find_cases
 
     cases = {c.name: c for c in find_cases(root)}
     assert set(cases) == {"good", "locked", "studies"}  # the FIFO: a case of the top folder

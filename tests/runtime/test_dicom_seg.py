@@ -22,10 +22,10 @@ from helpers import CHU_IMG, CHU_SEG, TEST_DATA  # noqa: E402
 
 from scar_runtime import __version__  # noqa: E402
 from scar_runtime import labels as L  # noqa: E402
-from scar_runtime.errors import ConfigError  # noqa: E402
+from scar_runtime.core.errors import ConfigError  # noqa: E402
 from scar_runtime.io import dicom_source, load_volume  # noqa: E402
+from scar_runtime.io.case_writer import write_case  # noqa: E402
 from scar_runtime.io.dicom_seg import AlgorithmInfo, make_segmentation, segment_label  # noqa: E402
-from scar_runtime.outputs import write_case  # noqa: E402
 from scar_runtime.pipeline.segmenter import SegmentationResult, default_model_path  # noqa: E402
 
 CHU_DICOM = TEST_DATA / "fcs_vb2_chu_06_2mm_dicom"

@@ -30,8 +30,8 @@ from helpers import CHU_IMG, CHU_SEG  # noqa: E402
 
 from scar_runtime import labels as L  # noqa: E402
 from scar_runtime.io import dicom_source, load_volume  # noqa: E402
+from scar_runtime.io.case_writer import write_case  # noqa: E402
 from scar_runtime.io.dicom_seg import AlgorithmInfo  # noqa: E402
-from scar_runtime.outputs import write_case  # noqa: E402
 from scar_runtime.pipeline.segmenter import SegmentationResult, default_model_path  # noqa: E402
 
 DEIDENTIFIED = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate",
@@ -150,7 +150,7 @@ def test_enhanced_mr_seg_references_its_frames(tmp_path, algorithm):
 def test_force_keeps_the_old_set_whole_when_the_new_one_cannot_be_written(tmp_path, algorithm):
     """A stale file of the set (a DICOM-SEG this run will not write) is removed only once the
     new set is complete: when writing fails, it is back in place, byte for byte."""
-    from scar_runtime.errors import OutputError
+    from scar_runtime.core.errors import OutputError
 
     write_series(CHU_IMG, tmp_path / "in")
     _write(tmp_path / "in", tmp_path / "out", algorithm)

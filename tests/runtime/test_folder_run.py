@@ -19,8 +19,8 @@ from helpers import (
     run_scar,
 )
 
+from scar_runtime.commands.infer import run_infer
 from scar_runtime.folder_run.table import COLUMN_NAMES, read_table_csv, write_table
-from scar_runtime.infer import run_infer
 
 PINNED = ("--backend", "onnxruntime", "--precision", "fp32")
 PINNED_KW = {"backend": "onnxruntime", "precision": "fp32"}
@@ -165,8 +165,8 @@ def test_without_pyarrow_only_the_csv_and_one_note(tmp_path, monkeypatch):
 
 
 def test_lean_runtime_never_imports_ray():
-    code = ("import sys, scar_runtime.cli, scar_runtime.infer, scar_runtime.cluster, "
-            "scar_runtime.cluster.ray_run, scar_runtime.folder_run.case; "
+    code = ("import sys, scar_runtime.commands.cli, scar_runtime.commands.infer, "
+            "scar_runtime.cluster, scar_runtime.cluster.ray_run, scar_runtime.folder_run.case; "
             "assert 'ray' not in sys.modules, 'ray imported'")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert p.returncode == 0, p.stderr

@@ -16,7 +16,7 @@ import pytest
 from helpers import CHU_SEG, REPO, assert_one_line_error, run_scar
 
 from scar_runtime import labels as L
-from scar_runtime.errors import DataIndexError, ModelError
+from scar_runtime.core.errors import DataIndexError, ModelError
 from scar_runtime.evaluation.dataset import read_index
 
 RELEASE_CKPT = REPO / "scar_runtime" / "models" / "scarnet_small.pt"

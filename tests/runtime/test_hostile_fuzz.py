@@ -24,8 +24,8 @@ import numpy as np
 import pytest
 from helpers import REPO, run_scar
 
-from scar_runtime.cli import NO_LUMBAR_SPINE_EXIT
-from scar_runtime.errors import ScarError
+from scar_runtime.commands.cli import NO_LUMBAR_SPINE_EXIT
+from scar_runtime.core.errors import ScarError
 from scar_runtime.io import labels_to_image, load_volume
 
 SAMPLE = REPO / "scar_runtime" / "sample" / "chu2015_14_crop_img.nii.gz"

@@ -28,9 +28,9 @@ from helpers import (
 )
 from rich.console import Console
 
-from scar_runtime.cli import NO_LUMBAR_SPINE_EXIT
-from scar_runtime.errors import ResourceError, from_library
-from scar_runtime.infer import run_infer
+from scar_runtime.commands.cli import NO_LUMBAR_SPINE_EXIT
+from scar_runtime.commands.infer import run_infer
+from scar_runtime.core.errors import ResourceError, from_library
 from scar_runtime.io import is_scar_output
 from scar_runtime.pipeline.preprocess import PreprocessConfig, iter_slice_batches, slices_to_labels
 
@@ -160,7 +160,7 @@ def test_ctrl_c_in_a_folder_run_says_what_was_finished(tiny_model, tmp_path):
     for i in range(n_cases):
         shutil.copy(CHU_IMG, src / f"case{i:02d}.nii.gz")
     out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, "-m", "scar_runtime.cli", "infer", str(src), "-o",
+    proc = subprocess.Popen([sys.executable, "-m", "scar_runtime", "infer", str(src), "-o",
                              str(out), "--model", str(tiny_model["onnx"])], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "OMP_NUM_THREADS": "1"},
@@ -346,7 +346,8 @@ def test_huge_voxels_cost_what_the_output_grid_costs(tmp_path):
 def test_scar_infer_with_100mm_voxels_is_bounded(tiny_model, tmp_path):
     """The full CLI at 20 and 100 mm (once 45 s and > 4 min for the whole sample): the same
     network grid, so the ratio of the two times stays near 1 and memory stays bounded."""
-    wrapper = ("import resource, sys; from scar_runtime.cli import run; rc = run(sys.argv[1:]);"
+    wrapper = ("import resource, sys; from scar_runtime.commands.cli import run; "
+               "rc = run(sys.argv[1:]);"
                " print('maxrss_kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,"
                " file=sys.stderr); sys.exit(rc)")
     result = {}

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from helpers import CHU_IMG, CHU_SEG, assert_same_geometry
 
-from scar_runtime.errors import InputFileError, InvalidImageError, ScarError
+from scar_runtime.core.errors import InputFileError, InvalidImageError, ScarError
 from scar_runtime.io import is_scar_output, labels_to_image, load_volume, save_labels
 from scar_runtime.io.nifti import MAX_TRAILING_BYTES
 

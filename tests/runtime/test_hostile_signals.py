@@ -12,7 +12,7 @@ import time
 import pytest
 from helpers import REPO, default_signals
 
-from scar_runtime.atomic import _open_unnamed
+from scar_runtime.core.atomic import _open_unnamed
 
 needs_tmpfile = pytest.mark.skipif(not hasattr(os, "O_TMPFILE"), reason="no O_TMPFILE here")
 
@@ -20,7 +20,7 @@ needs_tmpfile = pytest.mark.skipif(not hasattr(os, "O_TMPFILE"), reason="no O_TM
 # then waits to be killed. MODE picks the writer: the nameless one or the named-temp one.
 WRITER = """
 import sys, time
-from scar_runtime.atomic import atomic_write, atomic_write_unnamed
+from scar_runtime.core.atomic import atomic_write, atomic_write_unnamed
 
 def write(tmp):
     with open(tmp, "wb") as f:
@@ -72,7 +72,7 @@ def test_scar_export_killed_during_parity_leaves_no_temp_file(tiny_model, tmp_pa
     if _open_unnamed(tmp_path) is None:
         pytest.skip(f"{tmp_path}'s file system has no O_TMPFILE")
     out = tmp_path / "m.onnx"
-    proc = subprocess.Popen([sys.executable, "-m", "scar_runtime.cli", "export",
+    proc = subprocess.Popen([sys.executable, "-m", "scar_runtime", "export",
                              str(tiny_model["checkpoint"]), "-o", str(out)], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "OMP_NUM_THREADS": "1"},

@@ -208,7 +208,7 @@ def test_sigkill_leaves_no_partial_file(tiny_model, tmp_path, delay):
     for i in range(6):
         shutil.copy(CHU_IMG, src / f"case{i}.nii.gz")
     out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, "-m", "scar_runtime.cli", "infer", str(src), "-o",
+    proc = subprocess.Popen([sys.executable, "-m", "scar_runtime", "infer", str(src), "-o",
                              str(out), "--model", str(tiny_model["onnx"]), "--batch", "4"],
                             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
@@ -233,7 +233,7 @@ def test_model_whose_metadata_and_graph_disagree_on_channels_is_refused(tiny_mod
 
     from scar_runtime.backends.onnxruntime import OnnxRuntimeRunner
     from scar_runtime.backends.openvino import OpenVinoRunner
-    from scar_runtime.errors import ModelError
+    from scar_runtime.core.errors import ModelError
 
     proto = onnx.load(str(tiny_model["onnx"]))
     for p in proto.metadata_props:

@@ -17,7 +17,12 @@ from helpers import (
     needs_shared,
 )
 
-from scar_runtime.errors import GeometryMismatchError, InputFileError, InvalidImageError, ScarError
+from scar_runtime.core.errors import (
+    GeometryMismatchError,
+    InputFileError,
+    InvalidImageError,
+    ScarError,
+)
 from scar_runtime.io import (
     WORKING_AXCODES,
     check_same_grid,

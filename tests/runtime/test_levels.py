@@ -18,7 +18,7 @@ from helpers import CERVICAL_IMG, REPO, run_scar
 from scipy import ndimage
 
 from scar_runtime import labels as L
-from scar_runtime.cli import NO_LUMBAR_SPINE_EXIT
+from scar_runtime.commands.cli import NO_LUMBAR_SPINE_EXIT
 from scar_runtime.evaluation import metrics as M
 from scar_runtime.io import load_volume
 from scar_runtime.pipeline.segmenter import Segmenter

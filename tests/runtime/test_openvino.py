@@ -18,7 +18,7 @@ from scar_runtime import labels as L
 from scar_runtime.backends import create_runner
 from scar_runtime.backends.onnxruntime import OnnxRuntimeRunner
 from scar_runtime.backends.precision import gate_passed, parity_record_path, require_gate
-from scar_runtime.errors import ConfigError, ModelError
+from scar_runtime.core.errors import ConfigError, ModelError
 from scar_runtime.evaluation.metrics import dice
 from scar_runtime.io import load_volume
 from scar_runtime.pipeline.preprocess import PreprocessConfig, image_to_slices, slices_to_labels

@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 from helpers import CHU_IMG, IVD_IMG, REPO, SPIDER_IMG, run_scar
 
+from scar_runtime.commands.infer import run_infer
 from scar_runtime.folder_run.table import read_table_csv
-from scar_runtime.infer import run_infer
 
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'scar-net[cluster]')")
 pytest.importorskip("ray.data", reason="Ray Data is not installed (pip install 'ray[data]')")
@@ -84,7 +84,7 @@ import json, sys
 import ray
 from ray.cluster_utils import Cluster
 from scar_runtime.cluster.ray_run import RayOptions
-from scar_runtime.infer import run_infer
+from scar_runtime.commands.infer import run_infer
 
 cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
 cluster.add_node(num_cpus=1)

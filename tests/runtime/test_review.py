@@ -99,7 +99,7 @@ def _read_first_line(proc: subprocess.Popen, timeout: float) -> str:
 def review_server(out: Path, stop: signal.Signals = signal.SIGINT):
     """`scar review OUT --port 0` running; yields its base URL; Ctrl-C (SIGINT) stops it, or
     ``stop`` (SIGTERM: a service manager)."""
-    proc = subprocess.Popen([sys.executable, "-m", "scar_runtime.cli", "review", str(out),
+    proc = subprocess.Popen([sys.executable, "-m", "scar_runtime", "review", str(out),
                              "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, cwd=REPO, preexec_fn=default_signals)
     try:

@@ -10,7 +10,7 @@ import pytest
 
 from scar_runtime.backends import create_runner
 from scar_runtime.backends.onnxruntime import OnnxRuntimeRunner
-from scar_runtime.errors import ModelError
+from scar_runtime.core.errors import ModelError
 from scar_runtime.model_meta import OUTPUT_NAMES
 from scar_runtime.pipeline.segmenter import default_model_path
 

@@ -73,7 +73,7 @@ def test_shipped_model_was_trained_on_this_data_index(shipped):
 
 def test_demo_segments_the_shipped_sample(tmp_path):
     out = tmp_path / "demo"
-    proc = subprocess.run([sys.executable, "-m", "scar_runtime.demo", str(out)],
+    proc = subprocess.run([sys.executable, "-m", "scar_runtime.commands.demo", str(out)],
                           capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     stem = "chu2015_14_crop_img"

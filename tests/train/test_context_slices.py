@@ -18,7 +18,7 @@ import pytest
 import torch
 from helpers import CHU_IMG, CHU_SEG, assert_one_line_error, run_scar
 
-from scar_runtime.cli import NO_LUMBAR_SPINE_EXIT
+from scar_runtime.commands.cli import NO_LUMBAR_SPINE_EXIT
 from scar_runtime.evaluation.dataset import read_index
 from scar_runtime.pipeline.preprocess import PreprocessConfig
 from scar_train.checkpoint import load_checkpoint

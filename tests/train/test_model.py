@@ -363,7 +363,7 @@ def test_boundary_refinement_starts_as_the_coarse_logits_and_learns() -> None:
 def test_fine_tuning_adds_the_refinement_head_to_an_older_checkpoint(tmp_path) -> None:
     """--init from a checkpoint without the head: every shared weight copied, the head keeps
     its zero start; any other missing weight is still refused."""
-    from scar_runtime.errors import ConfigError
+    from scar_runtime.core.errors import ConfigError
     from scar_train.checkpoint import save_checkpoint
     from scar_train.train import init_from_checkpoint
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from helpers import SPIDER_IMG, SPIDER_SEG
 
-from scar_runtime.errors import ConfigError
+from scar_runtime.core.errors import ConfigError
 from scar_runtime.evaluation.dataset import read_index
 from scar_runtime.pipeline.preprocess import PreprocessConfig
 from scar_train.config import TrainConfig

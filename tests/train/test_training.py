@@ -83,7 +83,7 @@ def test_sigkill_then_resume_continues_at_the_saved_step(mini_index, tmp_path):
     run = tmp_path / "run"
     args = ["--data", mini_index, "--out", run, "--epochs", "1", "--steps-per-epoch", "40",
             "--ckpt-every", "3", *SMOKE]
-    proc = subprocess.Popen([sys.executable, "-m", "scar_runtime.cli", "train", *map(str, args)],
+    proc = subprocess.Popen([sys.executable, "-m", "scar_runtime", "train", *map(str, args)],
                             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 240
     saved = 0
@@ -152,7 +152,7 @@ def test_train_errors_are_one_line(tmp_path, mini_index):
 def test_resume_accepts_a_run_saved_before_a_setting_existed():
     """A run saved by an older version lacks newer settings (gap_weight, fine_refinement); they
     were off then, so --resume with them off goes on and with them on refuses."""
-    from scar_runtime.errors import ConfigError
+    from scar_runtime.core.errors import ConfigError
     from scar_train.config import TrainConfig
 
     now = TrainConfig(data="d.json", out="r", resume=True)

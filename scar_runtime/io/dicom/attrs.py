@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from scar_runtime.errors import ConfigError, InvalidImageError, ScarError
+from scar_runtime.core.errors import ConfigError, InvalidImageError, ScarError
 
 MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
 ENHANCED_MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4.1"

@@ -3,7 +3,7 @@ the one named with ``--series``; anything else is refused in one line that lists
 
 from __future__ import annotations
 
-from scar_runtime.errors import InputFileError, InvalidImageError
+from scar_runtime.core.errors import InputFileError, InvalidImageError
 from scar_runtime.io.dicom.scan import MIN_SERIES_SLICES, DicomScan, DicomSeries, DicomStudy
 
 

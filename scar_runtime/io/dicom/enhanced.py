@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from scar_runtime.errors import InvalidImageError
+from scar_runtime.core.errors import InvalidImageError
 from scar_runtime.io.dicom.attrs import attr, file_uid, floats, int_attr, malformed_as_error
 from scar_runtime.io.dicom.pixels import read_pixels
 from scar_runtime.io.dicom.scan import DicomSeries

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from scar_runtime.errors import InvalidImageError
+from scar_runtime.core.errors import InvalidImageError
 from scar_runtime.io.dicom.attrs import file_uid, int_attr, one_line
 
 

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from scar_runtime.errors import InputFileError
+from scar_runtime.core.errors import InputFileError
 from scar_runtime.io.dicom.attrs import (
     MEDIA_STORAGE_DIRECTORY,
     MR_IMAGE_STORAGE,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from scar_runtime.errors import InvalidImageError
+from scar_runtime.core.errors import InvalidImageError
 from scar_runtime.io.dicom.attrs import (
     ORIENTATION_ATOL,
     file_uid,

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from scar_runtime.errors import InputFileError
+from scar_runtime.core.errors import InputFileError
 from scar_runtime.io.dicom.attrs import LPS_TO_RAS, file_uid, floats, malformed_as_error
 from scar_runtime.io.dicom.choose import choose_series, find_series
 from scar_runtime.io.dicom.pixels import read_pixels
