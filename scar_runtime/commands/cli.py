@@ -19,7 +19,7 @@ from pathlib import Path
 import typer
 
 from scar_runtime import __version__
-from scar_runtime.errors import ConfigError, Interrupted, ScarError, from_library, one_line
+from scar_runtime.core.errors import ConfigError, Interrupted, ScarError, from_library, one_line
 
 # `scar infer` exit status when every case ran but in some no lumbar spine was found (a cervical
 # scan, a knee, noise): distinct from 1 (an error) so scripts can tell the two apart.
@@ -153,7 +153,7 @@ def infer_cmd(
     A folder run (or INPUT a manifest: a CSV with a `path` column and an optional `case`
     column, or one path a line) writes OUT/results.csv and results.parquet, a row per input,
     and resumes: finished cases are kept, the rest computed (--force: all)."""
-    from scar_runtime.infer import run_infer
+    from scar_runtime.commands.infer import run_infer
 
     ray = None
     if ray_address is None and (ray_actors is not None or ray_cpus != 1):

@@ -1,6 +1,6 @@
 """``make demo``: the main job on the shipped sample, offline.
 
-    python -m scar_runtime.demo [OUT_DIR]      (default: ./demo_output)
+    python -m scar_runtime.commands.demo [OUT_DIR]      (default: ./demo_output)
 
 Runs ``scar infer`` on the sample volume with the default (shipped) model, then ``scar evaluate``
 against the sample's reference mask, and prints where the outputs and the preview are. Nothing
@@ -13,7 +13,7 @@ import sys
 from importlib import resources
 from pathlib import Path
 
-from scar_runtime.cli import run
+from scar_runtime.commands.cli import run
 from scar_runtime.pipeline.segmenter import default_model_path
 
 SAMPLE_IMAGE = "chu2015_14_crop_img.nii.gz"

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING
 
 from rich.console import Console
 
-from scar_runtime.atomic import InputSet, check_output_path, signals_raise
-from scar_runtime.errors import ConfigError, InputFileError, Interrupted, ScarError
+from scar_runtime.core.atomic import InputSet, check_output_path, signals_raise
+from scar_runtime.core.errors import ConfigError, InputFileError, Interrupted, ScarError
 from scar_runtime.folder_run.case import (
     CaseOutcome,
     CaseSettings,
@@ -31,7 +31,7 @@ from scar_runtime.folder_run.manifest import is_manifest, manifest_cases
 from scar_runtime.folder_run.resume import ModelIdentity, resolve_model
 from scar_runtime.folder_run.table import table_paths, write_table
 from scar_runtime.io import Volume, load_volume, nifti_stem
-from scar_runtime.outputs import check_out_dir, output_set, resolve_formats
+from scar_runtime.io.case_writer import check_out_dir, output_set, resolve_formats
 from scar_runtime.pipeline.segmenter import DEFAULT_BATCH, Segmenter
 from scar_runtime.postprocess import PostprocessConfig
 

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from scar_runtime.errors import OutputError
+from scar_runtime.core.errors import OutputError
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)

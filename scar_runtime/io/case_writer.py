@@ -20,8 +20,8 @@ import nibabel as nib
 
 from scar_runtime import __version__
 from scar_runtime import labels as L
-from scar_runtime.atomic import InputSet, check_output_path, write_files_atomic
-from scar_runtime.errors import ConfigError, OutputError
+from scar_runtime.core.atomic import InputSet, check_output_path, write_files_atomic
+from scar_runtime.core.errors import ConfigError, OutputError
 from scar_runtime.io import dicom_source, nifti_stem
 from scar_runtime.pipeline.segmenter import SegmentationResult
 
@@ -158,7 +158,7 @@ def write_case(result: SegmentationResult, out_dir: Path, *, name: str | None = 
     model's identity; no DICOM-SEG is written when no structure was found). ``inputs``: every
     input of the run, none of which is ever written over. All files of the case, labels.json
     included, are written in one all-or-nothing step."""
-    from scar_runtime.preview import render_preview
+    from scar_runtime.io.preview import render_preview
 
     src = result.volume.path
     name = name or (nifti_stem(src) if src else "volume")
