@@ -90,3 +90,16 @@ def _build_tiny_model(d: Path) -> dict:
     p = run_scar("export", run / "last.pt", "-o", onnx_path, timeout=900)
     assert p.returncode == 0, p.stderr[-2000:]
     return _tiny_model_paths(d)
+
+
+@pytest.fixture(scope="module")
+def shipped_or_tiny_model(request) -> Path:
+    """The shipped model when it matches this scar-net's label map, else the tiny real one."""
+    from scar_runtime.core.errors import ScarError
+    from scar_runtime.pipeline.segmenter import Segmenter, default_model_path
+
+    try:
+        Segmenter().close()
+        return default_model_path()
+    except ScarError:
+        return request.getfixturevalue("tiny_model")["onnx"]

@@ -61,6 +61,22 @@ def assert_one_line_error(proc, *needles: str):
         assert n.lower() in err.lower(), f"{n!r} not in {err!r}"
 
 
+def assert_infer_refuses(tmp_path: Path, make_input, *args: str) -> None:
+    """`scar infer` on the folder ``make_input(folder)`` builds (it returns a word the error
+    must name): one line, an exit status other than 0 and 70 (70 is a bug), nothing written,
+    the input untouched."""
+    folder = tmp_path / "in"
+    word = make_input(folder)
+    before = sorted(p.relative_to(folder) for p in folder.rglob("*"))
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = run_scar("infer", folder, "-o", out, *args)
+    assert_one_line_error(proc, word)
+    assert proc.returncode not in (0, 70)
+    assert list(out.iterdir()) == []
+    assert sorted(p.relative_to(folder) for p in folder.rglob("*")) == before
+
+
 def assert_same_geometry(out, src):
     """A written label image sits exactly on the input's grid: shape, affine, qform/sform+codes."""
     assert out.shape == src.shape and out.get_data_dtype() == np.uint8

@@ -20,7 +20,7 @@ import numpy as np
 from scar_runtime.backends.base import Runner, check_io_names
 from scar_runtime.backends.precision import check_precision, gate_passed, read_gate, require_gate
 from scar_runtime.backends.threads import default_threads
-from scar_runtime.core.errors import ConfigError, ModelError
+from scar_runtime.core.errors import ConfigError, ModelError, import_extra
 from scar_runtime.core.paths import user_cache_dir
 from scar_runtime.model_meta import INPUT_NAME, OUTPUT_NAMES, ModelMetadata
 
@@ -32,12 +32,8 @@ def cache_dir() -> Path:
 
 
 def _openvino():
-    try:
-        import openvino
-    except ImportError as e:
-        raise ConfigError("the OpenVINO backend needs openvino (pip install "
-                          "'scar-net[openvino]')") from e
-    return openvino
+    return import_extra("openvino", "the OpenVINO backend needs openvino (pip install "
+                                    "'scar-net[openvino]')")
 
 
 def cpu_capabilities() -> list[str]:

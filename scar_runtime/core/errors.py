@@ -6,6 +6,8 @@ that is not a ``ScarError`` is a bug in scar-net, and the CLI says so instead of
 
 from __future__ import annotations
 
+import importlib
+
 
 class ScarError(Exception):
     """Base of every error caused by the user's input, files or environment."""
@@ -97,3 +99,13 @@ def from_library(e: BaseException) -> ScarError | None:
 class Interrupted(KeyboardInterrupt):
     """Ctrl-C (or SIGTERM where scar-net catches it), with a word on what was finished; the CLI
     prints it in one line and exits 130. Not a ScarError: nothing may catch it as bad input."""
+
+
+def import_extra(module: str, missing: str):
+    """``module`` imported, or a ``ConfigError`` saying ``missing`` (what needs it and the
+    extra that installs it): optional dependencies are imported where they are used, never by
+    the lean runtime's modules."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise ConfigError(missing) from e

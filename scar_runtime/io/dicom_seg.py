@@ -20,7 +20,7 @@ import numpy as np
 
 from scar_runtime import __version__
 from scar_runtime import labels as L
-from scar_runtime.core.errors import ConfigError, OutputError
+from scar_runtime.core.errors import ConfigError, OutputError, import_extra
 from scar_runtime.core.hashing import file_sha256
 from scar_runtime.io.dicom import dicom_source
 
@@ -47,12 +47,8 @@ class AlgorithmInfo:
 
 
 def _highdicom():
-    try:
-        import highdicom
-    except ImportError as e:
-        raise ConfigError("writing DICOM-SEG needs the optional dependencies: "
-                          "pip install 'scar-net[dicom]'") from e
-    return highdicom
+    return import_extra("highdicom", "writing DICOM-SEG needs the optional dependencies: "
+                                     "pip install 'scar-net[dicom]'")
 
 
 def property_type(structure: L.Structure):

@@ -16,7 +16,7 @@ class PostprocessConfig:
     min_size_share: float = 0.15  # a piece < this x the median of its kind is a sliver
     min_keypoint_confidence: float = 0.3  # weaker key-points do not vote on level names
     keypoint_reach_mm: float = 8.0  # a key-point this close to a structure votes for it
-    min_lumbar_structures: int = 3
+    min_lumbar_structures: int = 3  # fewer named lumbar structures: no lumbar spine here
     # Smallest plausible lumbar sagittal cross-sections (median over the structures found):
     # a lumbar body is ~30 x 40 mm (1,200 mm^2), a disc ~10 x 40 mm; a cervical body is
     # ~15 x 16 mm (~250 mm^2).
@@ -25,7 +25,7 @@ class PostprocessConfig:
     # Consecutive lumbar levels are ~37 mm apart (mean body-centre distance over 41 public
     # cases, sd ~2 mm); cervical ones ~16 mm, thoracic ~25 mm at T12.
     min_level_spacing_mm: float = 27.0
-    fill_holes: bool = True
+    fill_holes: bool = True  # holes inside a structure (a dark nucleus, a vessel) filled
     # Softmax averaged with the neighbouring slices before the argmax (slice_smoothing.py);
     # 0 = each slice alone.
     slice_smoothing: float = 0.25

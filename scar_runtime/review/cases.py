@@ -94,11 +94,9 @@ class ResultsFolder:
 
     def __init__(self, root: Path):
         root = Path(root)
-        if not root.exists():
-            raise InputFileError(f"{root}: no such folder")
         if not root.is_dir():
             raise InputFileError(f"{root} is a file; scar review needs the output folder of "
-                                 "`scar infer`")
+                                 "`scar infer`" if root.exists() else f"{root}: no such folder")
         self.root = root.resolve()
 
     def file(self, relative: str | list[str]) -> Path | None:

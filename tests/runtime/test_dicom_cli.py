@@ -15,27 +15,25 @@ pydicom = pytest.importorskip("pydicom")
 hd = pytest.importorskip("highdicom")
 
 from dicom_series import SeriesSpec, seg_in_world, write_series  # noqa: E402
-from helpers import CHU_IMG, TEST_DATA, assert_one_line_error, run_scar  # noqa: E402
+from helpers import (  # noqa: E402
+    CHU_IMG,
+    TEST_DATA,
+    assert_infer_refuses,
+    assert_one_line_error,
+    run_scar,
+)
 from PIL import Image  # noqa: E402
 from pydicom.encaps import encapsulate  # noqa: E402
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid  # noqa: E402
-
-from scar_runtime.core.errors import ScarError  # noqa: E402
+from test_dicom_refusals import REFUSED  # noqa: E402
 
 CHU_DICOM = TEST_DATA / "fcs_vb2_chu_06_2mm_dicom"
 MPEG2 = "1.2.840.10008.1.2.4.100"  # a video transfer syntax no pixel decoder reads
 
 
 @pytest.fixture(scope="module")
-def model(request):
-    """The shipped model when it matches this scar-net's label map, else the tiny real one."""
-    from scar_runtime.pipeline.segmenter import Segmenter, default_model_path
-
-    try:
-        Segmenter().close()
-        return default_model_path()
-    except ScarError:
-        return request.getfixturevalue("tiny_model")["onnx"]
+def model(shipped_or_tiny_model):
+    return shipped_or_tiny_model
 
 
 def _run_model(model):
@@ -288,20 +286,14 @@ BAD_DICOM = {
     "slices of different size": _different_size,
     "an axial series only": _axial_only,
     "a malformed attribute value": _malformed_value,
+    **REFUSED,  # test_dicom_refusals.py: pixel data length, duplicate UIDs, localizers, echoes
 }
 
 
 @pytest.mark.parametrize("kind", list(BAD_DICOM))
 def test_bad_dicom_one_line_and_nothing_written(tmp_path, kind):
-    folder = tmp_path / "in"
-    word = BAD_DICOM[kind](folder)
-    before = sorted(p.relative_to(folder) for p in folder.rglob("*"))
-    out = tmp_path / "out"
-    out.mkdir()
     # a bad series is refused before any model is loaded, so the default model is fine here
-    assert_one_line_error(run_scar("infer", folder, "-o", out), word)
-    assert list(out.iterdir()) == []
-    assert sorted(p.relative_to(folder) for p in folder.rglob("*")) == before  # input untouched
+    assert_infer_refuses(tmp_path, BAD_DICOM[kind])
 
 
 def test_unknown_series_uid(tmp_path):

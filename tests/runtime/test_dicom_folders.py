@@ -37,22 +37,13 @@ from helpers import (  # noqa: E402
 )
 from test_dicom_seg_sources import SOURCES  # noqa: E402
 
-from scar_runtime.core.errors import ScarError  # noqa: E402
-
 CHU_DICOM = TEST_DATA / "fcs_vb2_chu_06_2mm_dicom"
 STEM = "fcs_vb2_chu_06_2mm_img"
 
 
 @pytest.fixture(scope="module")
-def model(request):
-    """The shipped model when it matches this scar-net's label map, else the tiny real one."""
-    from scar_runtime.pipeline.segmenter import Segmenter, default_model_path
-
-    try:
-        Segmenter().close()
-        return default_model_path()
-    except ScarError:
-        return request.getfixturevalue("tiny_model")["onnx"]
+def model(shipped_or_tiny_model):
+    return shipped_or_tiny_model
 
 
 @pytest.fixture(scope="module")

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
+pytest.importorskip("highdicom")  # the SEG writer's dependency
 pydicom = pytest.importorskip("pydicom")
-hd = pytest.importorskip("highdicom")
 
 from dicom_series import (  # noqa: E402
     assert_frames_at_source_slices,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from scar_runtime.core.errors import ConfigError, InvalidImageError, ScarError
+from scar_runtime.core.errors import InvalidImageError, ScarError, import_extra
 
 MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
 ENHANCED_MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4.1"
@@ -27,12 +27,8 @@ LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
 def pydicom_module():
-    try:
-        import pydicom
-    except ImportError as e:
-        raise ConfigError("reading DICOM needs the optional dependencies: "
-                          "pip install 'scar-net[dicom]'") from e
-    return pydicom
+    return import_extra("pydicom", "reading DICOM needs the optional dependencies: "
+                                   "pip install 'scar-net[dicom]'")
 
 
 def attr(ds, keyword: str):
