@@ -18,7 +18,12 @@ from typing import TYPE_CHECKING
 
 from rich.console import Console
 
-from scar_runtime.core.atomic import InputSet, check_output_path, signals_raise
+from scar_runtime.core.atomic import (
+    InputSet,
+    check_output_path,
+    make_output_folder,
+    signals_raise,
+)
 from scar_runtime.core.errors import ConfigError, InputFileError, Interrupted, ScarError
 from scar_runtime.folder_run.case import (
     CaseOutcome,
@@ -31,7 +36,7 @@ from scar_runtime.folder_run.manifest import is_manifest, manifest_cases
 from scar_runtime.folder_run.resume import ModelIdentity, resolve_model
 from scar_runtime.folder_run.table import table_paths, write_table
 from scar_runtime.io import Volume, load_volume, nifti_stem
-from scar_runtime.io.case_writer import check_out_dir, output_set, resolve_formats
+from scar_runtime.io.case_writer import output_set, resolve_formats
 from scar_runtime.pipeline.segmenter import DEFAULT_BATCH, Segmenter
 from scar_runtime.postprocess import PostprocessConfig
 
@@ -165,7 +170,7 @@ def _run_infer(input_path: Path, out_dir: Path | None = None, *, model: Path | N
     if out_dir is None:
         out_dir = input_path if input_path.is_dir() else input_path.parent
     out_dir = Path(out_dir)
-    check_out_dir(out_dir)
+    make_output_folder(out_dir)
     single = len(cases) == 1
     first = None
     if single:  # a single case: fail on bad input or outputs before loading a model

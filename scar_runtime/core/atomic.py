@@ -126,6 +126,18 @@ def check_folder_creatable(folder: Path | str) -> None:
         raise OutputError(f"cannot create {folder}: {parent} is not writable")
 
 
+def make_output_folder(folder: Path | str) -> Path:
+    """An output folder, created (with its parents) unless it exists; refused in one line when
+    it is a file, lies under a file or cannot be written."""
+    folder = Path(folder)
+    check_folder_creatable(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"cannot create output folder {folder}: {e.strerror}") from e
+    return folder
+
+
 def check_output_folder(path: Path) -> Path:
     """The folder ``path`` will be written in, which must exist and be writable."""
     folder = path.parent if str(path.parent) else Path(".")

@@ -21,7 +21,7 @@ import nibabel as nib
 from scar_runtime import __version__
 from scar_runtime import labels as L
 from scar_runtime.core.atomic import InputSet, check_output_path, write_files_atomic
-from scar_runtime.core.errors import ConfigError, OutputError
+from scar_runtime.core.errors import ConfigError
 from scar_runtime.io import dicom_source, nifti_stem
 from scar_runtime.pipeline.segmenter import SegmentationResult
 
@@ -61,18 +61,6 @@ def output_set(out_dir: Path, name: str) -> dict[str, Path]:
     replaces and what all-or-nothing covers (a stale DICOM-SEG of an earlier run of another
     patient under the same name must not survive beside this run's stats)."""
     return output_paths(out_dir, name, SEG_FORMATS["both"])
-
-
-def check_out_dir(out_dir: Path) -> None:
-    if out_dir.exists() and not out_dir.is_dir():
-        raise OutputError(f"{out_dir} is a file, expected an output folder")
-    if not out_dir.exists():
-        try:
-            out_dir.mkdir(parents=True)
-        except OSError as e:
-            raise OutputError(f"cannot create output folder {out_dir}: {e.strerror}") from e
-    if not os.access(out_dir, os.W_OK | os.X_OK):
-        raise OutputError(f"output folder {out_dir} is not writable")
 
 
 def finite_json(doc):
@@ -228,7 +216,3 @@ def _label_map_file(out_dir: Path) -> dict[Path, bytes]:
                 return {}
     return {path: json.dumps(doc, indent=1).encode("utf-8")}
 
-
-def write_label_map(out_dir: Path) -> list[Path]:
-    """labels.json on its own (replaced when it differs from this version's label map)."""
-    return write_files_atomic(_label_map_file(out_dir), force=True)
