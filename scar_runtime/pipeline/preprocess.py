@@ -227,7 +227,8 @@ def context_indices(slices: np.ndarray, k: int, n: int) -> np.ndarray:
 
 def iter_slice_batches(volume: np.ndarray, in_spacing: tuple[float, float],
                        cfg: PreprocessConfig, batch: int,
-                       intensity: tuple[float, float, float, float] | None = None):
+                       intensity: tuple[float, float, float, float] | None = None,
+                       only: np.ndarray | None = None):
     """Like :func:`image_to_slices`, one batch of slices at a time, so peak memory does not grow
     with the number of slices: yields ``(first_slice_index, (B, C, H, W) float32)``.
 
@@ -236,6 +237,12 @@ def iter_slice_batches(volume: np.ndarray, in_spacing: tuple[float, float],
     batches are (B, 2k+1, H, W): channel j of slice i is slice i + j - k, clamped to the volume.
     ``intensity``: :func:`intensity_stats` of another volume to normalise with (a resampled copy
     of an image, whose filled corners would otherwise shift the statistics).
+    ``only``: these slice indices (ascending) instead of every slice; the yielded index is then
+    the position in ``only`` (the coarse first pass of pipeline/roi.py).
+
+    Each slice is normalised and resampled once: a batch's context slices that the previous
+    batch already resampled are taken from it (at batch 1 with k = 1 every slice was resampled
+    three times before; the inputs are bit-identical).
     """
     if volume.ndim != 3:
         raise InvalidImageError(f"expected a 3D volume, got shape {volume.shape}")
@@ -249,26 +256,38 @@ def iter_slice_batches(volume: np.ndarray, in_spacing: tuple[float, float],
     window = _kept_window(grid)
     k, n = cfg.context_slices, volume.shape[2]
 
+    order = np.arange(n) if only is None else np.asarray(only, dtype=np.int64)
+
+    def resampled(idx: list[int]) -> np.ndarray:
+        part = np.clip(volume[:, :, idx[0]:idx[-1] + 1] if idx == list(range(idx[0], idx[-1] + 1))
+                       else volume[:, :, idx], lo, hi).astype(np.float32)
+        part = (part - np.float32(mean)) / np.float32(std)
+        if window is None:
+            res = _resample(part, grid.scale, grid.resampled_shape, order=1)
+            return _shift_copy(res, grid.offset, grid.out_shape, float(background))
+        (r0, c0), size = window  # crop first: resample only the pixels the network grid keeps
+        res = _resample(part, grid.scale, size, order=1, start=(r0, c0))
+        return _shift_copy(res, (grid.offset[0] + r0, grid.offset[1] + c0), grid.out_shape,
+                           float(background))
+
     def gen():
-        # With context, each batch also reads its k neighbours on both sides (a (B + 2k)-slice
-        # stack, each slice resampled once); every slice then takes its channels from that
-        # stack by clamped index. With k = 0 this is the plain (B, 1, H, W) stack.
-        for start in range(0, n, batch):
-            stop = min(n, start + batch)
-            first, last = max(0, start - k), min(n, stop + k)
-            part = np.clip(volume[:, :, first:last], lo, hi).astype(np.float32)
-            part = (part - np.float32(mean)) / np.float32(std)
-            if window is None:
-                res = _resample(part, grid.scale, grid.resampled_shape, order=1)
-                stack = _shift_copy(res, grid.offset, grid.out_shape, float(background))
-            else:  # crop first: resample only the pixels the network grid keeps
-                (r0, c0), size = window
-                res = _resample(part, grid.scale, size, order=1, start=(r0, c0))
-                stack = _shift_copy(res, (grid.offset[0] + r0, grid.offset[1] + c0),
-                                    grid.out_shape, float(background))
-            stack = np.moveaxis(stack, 2, 0)  # (slices read, H, W)
-            wanted = context_indices(np.arange(start, stop), k, n)
-            yield start, np.ascontiguousarray(stack[wanted - first])
+        # With context, each batch also needs its k neighbours on both sides; every slice then
+        # takes its channels from the resampled slices by clamped index. With k = 0 this is the
+        # plain (B, 1, H, W) stack.
+        held: dict[int, np.ndarray] = {}  # slice index -> resampled (H, W), from the last batch
+        for pos in range(0, len(order), batch):
+            wanted = context_indices(order[pos:pos + batch], k, n)
+            need = [int(i) for i in np.unique(wanted)]
+            new = [i for i in need if i not in held]
+            if new:
+                stack = resampled(new)
+                held.update((i, stack[:, :, j]) for j, i in enumerate(new))
+            x = np.empty(wanted.shape + tuple(grid.out_shape), np.float32)
+            for b, row in enumerate(wanted):
+                for c, i in enumerate(row):
+                    x[b, c] = held[int(i)]
+            held = {i: held[i] for i in need}
+            yield pos, x
 
     return grid, gen()
 
