@@ -139,6 +139,9 @@ def infer_cmd(
     straighten: bool = typer.Option(True, "--straighten/--no-straighten", help="Segment a "
                                     "spine tilted in the image again rotated upright (one or "
                                     "two extra passes, for such a scan only)."),
+    roi: str = typer.Option("on", "--roi", help="on: find the spine on a few probe slices "
+                            "first and run the network only in its box (the full field when "
+                            "unsure); off: every pixel of every slice."),
     ray_address: str | None = typer.Option(None, "--ray", metavar="ADDRESS", help="Run the "
                                            "cases on Ray: local (Ray on this machine), auto "
                                            "(the running cluster) or ray://host:port; needs "
@@ -156,6 +159,8 @@ def infer_cmd(
     from scar_runtime.commands.infer import run_infer
 
     ray = None
+    if roi not in ("on", "off"):
+        raise ConfigError(f"--roi must be on or off, not {roi!r}")
     if ray_address is None and (ray_actors is not None or ray_cpus != 1):
         raise ConfigError("--ray-actors and --ray-cpus-per-actor go with --ray ADDRESS")
     if ray_address is not None:
@@ -167,7 +172,8 @@ def infer_cmd(
     try:
         summary = run_infer(input_path, out, model=model, backend=backend, device=device,
                             batch=batch, force=force, fmt=fmt, series_uid=series,
-                            precision=precision, straighten=straighten, ray=ray)
+                            precision=precision, straighten=straighten, ray=ray,
+                            roi=roi == "on")
     except Interrupted as e:  # typer would make Ctrl-C a silent exit: say what was finished
         raise _Stopped(one_line(e)) from None
     for path in summary.written + summary.table:

@@ -152,9 +152,12 @@ def _run_infer(input_path: Path, out_dir: Path | None = None, *, model: Path | N
                backend: str = "auto", device: str = "auto", batch: int = DEFAULT_BATCH,
                force: bool = False, console: Console | None = None, fmt: str = "auto",
                series_uid: str | None = None, precision: str = "auto",
-               straighten: bool = True, ray: RayOptions | None = None) -> InferSummary:
+               straighten: bool = True, ray: RayOptions | None = None,
+               roi: bool = True) -> InferSummary:
     """``fmt``: nifti, dicom-seg, both or auto (NIfTI for NIfTI input, both for DICOM).
     ``straighten``: segment a tilted spine again rotated upright (straighten.py).
+    ``roi``: find the spine on probe slices first and run the network in its box only
+    (pipeline/roi.py); False: the full field.
     ``ray``: run the cases on a Ray cluster (cluster/ray_run.py) instead of in this process.
 
     A folder or manifest run writes OUT/results.csv (and .parquet), a row per input, and
@@ -204,7 +207,7 @@ def _run_infer(input_path: Path, out_dir: Path | None = None, *, model: Path | N
                       "(--force recomputes them)", highlight=False, soft_wrap=True)
     post = PostprocessConfig() if straighten else PostprocessConfig(straighten_passes=0)
     segmenter = {"model": model_path, "backend": backend, "device": device, "batch": batch,
-                 "precision": precision, "postprocess_config": post}
+                 "precision": precision, "postprocess_config": post, "roi": roi}
     try:
         if todo and ray is not None:
             from scar_runtime.cluster.ray_run import run_on_ray

@@ -130,7 +130,9 @@ def run_case(case: CaseInput, seg: Segmenter, settings: CaseSettings, formats: t
             check_output_path(p, force=replace, inputs=inputs)
         result = seg.segment(volume if volume is not None else case.load())
         run_info = {"model": settings.model.to_json(),
-                    "seconds": round(time.perf_counter() - clock, 3)}
+                    "seconds": round(time.perf_counter() - clock, 3),
+                    # spine-first or full-field, why, and the box (pipeline/roi.py)
+                    "inference_path": result.roi}
         written = write_case(result, settings.out_dir, name=case.name, force=replace,
                              formats=formats, algorithm=settings.algorithm, inputs=inputs,
                              run_info=run_info)

@@ -27,6 +27,17 @@ from scar_runtime.backends import Runner, create_runner
 from scar_runtime.core.errors import ConfigError, InvalidImageError
 from scar_runtime.io import Volume, labels_to_image, load_volume, volume_from_image
 from scar_runtime.pipeline.preprocess import intensity_stats, iter_slice_batches, slices_to_labels
+from scar_runtime.pipeline.roi import (
+    RoiBox,
+    RoiConfig,
+    RoiDecision,
+    coarse_pass,
+    grow_box,
+    probe_slices,
+    probe_step,
+    touches_inner_edge,
+    window_share,
+)
 from scar_runtime.pipeline.straighten import InplaneRotation, column_axis_deg
 from scar_runtime.postprocess import PostprocessConfig, PostprocessReport, postprocess
 from scar_runtime.postprocess.naming import keypoints_inside
@@ -63,6 +74,8 @@ class SegmentationResult:
     # seconds per stage: preprocess (normalise, resample, pad), inference (backend calls),
     # postprocess (argmax, inverse mapping, key-points, 3D post-processing)
     timings: dict[str, float] = field(default_factory=dict)
+    # which path ran (spine-first or full-field), why, and the box (pipeline/roi.py)
+    roi: dict = field(default_factory=dict)
 
     def to_nifti(self) -> nib.Nifti1Image:
         return labels_to_image(self.labels, self.volume.source)
@@ -91,9 +104,12 @@ class Segmenter:
                  device: str = "auto", batch: int = DEFAULT_BATCH, threads: int | None = None,
                  precision: str = "auto",
                  postprocess_config: PostprocessConfig | None = None,
-                 use_postprocess: bool = True, runner: Runner | None = None):
+                 use_postprocess: bool = True, runner: Runner | None = None,
+                 roi: RoiConfig | bool = True):
         """``runner``: an existing backend runner (any object with the Runner interface, e.g. a
-        PyTorch one in benchmarks) instead of a model path."""
+        PyTorch one in benchmarks) instead of a model path. ``roi``: find the spine on a coarse
+        pass first and run the network only in its box (pipeline/roi.py); False: every pixel
+        of every slice, the full-field path of earlier versions."""
         if batch < 1:
             raise ConfigError("--batch must be >= 1")
         if runner is None:
@@ -112,6 +128,7 @@ class Segmenter:
         self.metadata = self.runner.metadata
         self.post_cfg = postprocess_config or PostprocessConfig()
         self.use_postprocess = use_postprocess
+        self.roi = roi if isinstance(roi, RoiConfig) else RoiConfig(enabled=bool(roi))
 
     def close(self) -> None:
         self.runner.deactivate()
@@ -135,21 +152,66 @@ class Segmenter:
         # one normalisation for every pass: a rotated copy's filled corners must not shift it
         intensity = intensity_stats(vol.data, cfg)
         t["preprocess_s"] += time.perf_counter() - clock
-        labels, keypoints, report, bare = self._pass(vol, intensity, t)
+        decision = self._find_box(vol, intensity, t)
+        labels, keypoints, report, bare = self._pass(vol, intensity, t, box=decision.box)
+        if decision.box is not None:
+            edge = (touches_inner_edge(labels, decision.box, vol.shape, vol.spacing,
+                                       self.roi.edge_mm) if report.lumbar_spine_found else "")
+            if not report.lumbar_spine_found or edge:
+                decision.reason = ("in the box: " + (f"a structure at its {edge} edge" if edge
+                                   else report.reason or "no lumbar spine")
+                                   + "; the full field segmented instead")
+                decision.path, decision.box = "full-field", None
+                labels, keypoints, report, bare = self._pass(vol, intensity, t)
         if self.use_postprocess and self.post_cfg.straighten_passes > 0:
             labels, keypoints, report = self._straightened(vol, intensity, t, bare,
                                                            (labels, keypoints, report))
         return SegmentationResult(volume=vol, labels=labels, keypoints=keypoints, report=report,
-                                  backend=self.runner.description, timings=t)
+                                  backend=self.runner.description, timings=t,
+                                  roi=decision.to_dict(vol.shape))
 
-    def _pass(self, vol: Volume, intensity, t: dict[str, float], in_view=None):
-        """The network over every slice, then post-processing: ``(labels, key-points, report,
-        the network's own labels)``; stage times are added to ``t``."""
+    def _find_box(self, vol: Volume, intensity, t: dict[str, float]) -> RoiDecision:
+        """The coarse first pass (pipeline/roi.py): the box the full-resolution pass is to see,
+        or None (the full field) with the reason."""
+        if not self.roi.enabled:
+            return RoiDecision(reason="--roi off")
+        if not self.use_postprocess:
+            return RoiDecision(reason="bare network (no post-processing): full field")
+        best = window_share(vol.shape, vol.spacing, self.roi)
+        probes = len(probe_slices(vol.shape[2], probe_step(vol.shape[2], vol.spacing[2],
+                                                           self.roi))) / vol.shape[2]
+        if probes + best > self.roi.max_share:  # no box could save enough: no probes either
+            return RoiDecision(reason=f"probes ({probes:.0%} of the slices) and the smallest "
+                               f"window ({best:.0%} of the field) would cost more than "
+                               f"{self.roi.max_share:.0%} of the full field")
+        clock = time.perf_counter()
+        found, why, step = coarse_pass(self.runner, vol.data, vol.spacing, intensity,
+                                       self.metadata.preprocess, self.roi, self.post_cfg)
+        decision = RoiDecision(reason=why, coarse_box=found)
+        if found is not None:
+            box = grow_box(found, vol.shape, vol.spacing, self.roi, self.metadata.preprocess,
+                           step)
+            if box.share(vol.shape) > self.roi.max_share:
+                decision.reason = (f"the box holds {box.share(vol.shape):.0%} of the field: "
+                                   "full field")
+            else:
+                decision.path, decision.box = "spine-first", box
+        decision.coarse_s = time.perf_counter() - clock
+        t["roi_s"] = t.get("roi_s", 0.0) + decision.coarse_s
+        return decision
+
+    def _pass(self, vol: Volume, intensity, t: dict[str, float], in_view=None,
+              box: RoiBox | None = None):
+        """The network over every slice (``box``: over that part of the volume only), then
+        post-processing on the whole grid: ``(labels, key-points, report, the network's own
+        labels)``; stage times are added to ``t``."""
         cfg = self.metadata.preprocess
         clock = time.perf_counter()
-        grid, batches = iter_slice_batches(vol.data, vol.inplane_spacing, cfg, self.batch,
+        data = vol.data if box is None else vol.data[box.slices]
+        origin = (0, 0, 0) if box is None else box.start
+        grid, batches = iter_slice_batches(data, vol.inplane_spacing, cfg, self.batch,
                                            intensity=intensity)
-        n = vol.shape[2]
+        n = data.shape[2]
         pred = np.zeros((n,) + tuple(grid.out_shape), np.uint8)
         kp_net = np.zeros((n, L.NUM_KEYPOINTS, 2), np.float32)
         kp_conf = np.zeros((n, L.NUM_KEYPOINTS), np.float32)
@@ -171,7 +233,10 @@ class Segmenter:
         t["preprocess_s"] += time.perf_counter() - clock  # the generator's final step
         clock = time.perf_counter()
         bare = slices_to_labels(pred, grid)
-        keypoints, kp_mm, conf = self._keypoints(vol, grid, kp_net, kp_conf)
+        if box is not None:
+            inside, bare = bare, np.zeros(vol.shape, np.uint8)
+            bare[box.slices] = inside
+        keypoints, kp_mm, conf = self._keypoints(vol, grid, kp_net, kp_conf, origin)
         labels, report = bare, PostprocessReport()
         if self.use_postprocess:
             labels, report = postprocess(bare, vol.spacing, kp_mm, conf, self.post_cfg,
@@ -261,20 +326,21 @@ class Segmenter:
         return out
 
     @staticmethod
-    def _keypoints(vol: Volume, grid, kp_net, kp_conf):
-        """Each key-point is read on the sagittal slice where its heatmap peaks highest."""
+    def _keypoints(vol: Volume, grid, kp_net, kp_conf, origin=(0, 0, 0)):
+        """Each key-point is read on the sagittal slice where its heatmap peaks highest.
+        ``origin``: the working-layout voxel of the network's first row, column and slice."""
         out, mm, conf = [], {}, {}
         to_src = np.linalg.inv(vol.source.affine)
         for k, name in enumerate(L.KEYPOINT_NAMES):
             s = int(kp_conf[:, k].argmax())
             r, c = grid.to_input(kp_net[s, k])
-            work = np.array([r, c, s], dtype=np.float64)
+            work = np.array([r, c, s], dtype=np.float64) + origin
             world = apply_affine(vol.affine, work)
             src = apply_affine(to_src, world)
             confidence = float(np.clip(kp_conf[s, k], 0.0, 1.0))
             out.append(Keypoint(name=name, voxel=[round(float(v), 2) for v in src],
                                 world_mm=[round(float(v), 2) for v in world],
-                                confidence=round(confidence, 3), slice_index=s))
+                                confidence=round(confidence, 3), slice_index=s + origin[2]))
             mm[k] = work * np.array(vol.spacing)  # the frame postprocess() works in
             conf[k] = confidence
         return out, mm, conf
