@@ -8,11 +8,12 @@ import numpy as np
 from scipy import ndimage
 
 from scar_runtime import labels as L
+from scar_runtime.evaluation.metrics import KEYPOINT_EXTENT_MM
 
 HEATMAP_STRIDE = 4
 # A key-point is a structure's centre, not its extent: distances from key-points are reduced by
-# this (about half a vertebral body's diagonal) before they are compared with the loss margins.
-KEYPOINT_EXTENT_MM = 25.0
+# KEYPOINT_EXTENT_MM (about half a vertebral body's diagonal; the runtime's far-FP measure uses
+# the same) before they are compared with the loss margins.
 # Distances are only compared with margins below this; clipping keeps them in float16.
 DISTANCE_CLIP_MM = 200.0
 
