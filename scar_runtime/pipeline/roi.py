@@ -42,9 +42,12 @@ class RoiConfig:
     min_probes: int = 3
     margin_mm: tuple[float, float, float] = (24.0, 24.0, 4.0)
     # the in-plane window is at least this many mm each way (where the image has them),
-    # centred on the box: the network learned on 256 x 256 mm crops around the spine, and its
-    # global pooling and attention see the whole window
-    min_window_mm: float = 256.0
+    # centred on the box: the network's pooling and attention see the whole window, and it
+    # learned on 256 x 256 mm crops around the spine. Val VB Dice, spine-first - full field,
+    # points (docs/performance.md): no minimum (windows ~130 mm wide) vb_myosegmentum -1.75,
+    # vb_chu2015 +0.7; 256 mm: vb_chu2015 +0.3, the smaller fields all full field; 192 mm:
+    # vb_chu2015 -0.2, seg_spider2024 -0.15, at a third of the chu2015 fields' pixels
+    min_window_mm: float = 192.0
     min_structures: int = 4
     # a box this large a share of the field's pixels (rows x cols x slices) saves too little;
     # nor are the probes run when their share of the slices plus the smallest window's share
