@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from scar_runtime.backends.base import Runner
-from scar_runtime.core.errors import ConfigError, ModelError, import_extra
+from scar_runtime.core.errors import ConfigError, ModelError
 from scar_runtime.model_meta import INPUT_NAME, OUTPUT_NAMES, ModelMetadata
 
 
@@ -29,8 +29,14 @@ def sidecar_path(engine: Path) -> Path:
 
 
 def _cudart():
-    return import_extra("cuda.bindings.runtime", "the TensorRT backend needs cuda-python (pip "
-                                                 "install 'scar-net[gpu]')")
+    # a static import (not core.errors.import_extra): mypy checks these calls against the
+    # published stubs (tests/export/test_gpu_typing.py)
+    try:
+        from cuda.bindings import runtime as cudart
+    except ImportError as e:
+        raise ConfigError("the TensorRT backend needs cuda-python (pip install "
+                          "'scar-net[gpu]')") from e
+    return cudart
 
 
 def _check(result, what: str):
@@ -92,8 +98,11 @@ class TensorRTRunner(Runner):
         self.metadata = ModelMetadata.from_props(info.get("metadata", {}),
                                                  where=str(self.engine_path))
         gpu, cap = cuda_device()  # before importing/deserialising anything TensorRT
-        trt = import_extra("tensorrt", "the TensorRT backend needs TensorRT (pip install "
-                                       "'scar-net[gpu]' with NVIDIA's package index)")
+        try:  # static, as _cudart's
+            import tensorrt as trt
+        except ImportError as e:
+            raise ConfigError("the TensorRT backend needs TensorRT (pip install "
+                              "'scar-net[gpu]' with NVIDIA's package index)") from e
         check_engine_info(info, trt_version=trt.__version__, gpu_name=gpu, capability=cap,
                           where=str(self.engine_path))
         if info.get("plugins"):  # custom-op engines: plugins must be registered first

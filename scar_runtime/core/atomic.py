@@ -107,30 +107,32 @@ def signals_raise() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-def check_folder_creatable(folder: Path | str) -> None:
+def check_folder_creatable(folder: Path | str, what: str = "") -> None:
     """Refuse an output folder that is a file, lies under a file, or cannot be written or
-    created, before any work (a training run must not find out after loading its data)."""
+    created, before any work (a training run must not find out after loading its data).
+    ``what`` names it in the message ("output folder")."""
     folder = Path(folder)
+    name = f"{what} {folder}" if what else str(folder)
     if folder.exists():
         if not folder.is_dir():
-            raise OutputError(f"{folder} is a file, expected a folder")
+            raise OutputError(f"{name} is a file, expected a folder")
         if not os.access(folder, os.W_OK | os.X_OK):
-            raise OutputError(f"{folder} is not writable")
+            raise OutputError(f"{name} is not writable")
         return
     parent = folder.parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
     if not parent.is_dir():
-        raise OutputError(f"cannot create {folder}: {parent} is a file")
+        raise OutputError(f"cannot create {name}: {parent} is a file")
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise OutputError(f"cannot create {folder}: {parent} is not writable")
+        raise OutputError(f"cannot create {name}: {parent} is not writable")
 
 
 def make_output_folder(folder: Path | str) -> Path:
     """An output folder, created (with its parents) unless it exists; refused in one line when
     it is a file, lies under a file or cannot be written."""
     folder = Path(folder)
-    check_folder_creatable(folder)
+    check_folder_creatable(folder, "output folder")
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
