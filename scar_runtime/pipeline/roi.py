@@ -3,7 +3,7 @@
 The network costs the same for every pixel it sees, and a lumbar sagittal slice is mostly not
 spine (the reference mask of the bench volume, vb_chu2015/16, fills 247 x 69 x 58 of its
 381 x 381 x 77 voxels). So ``Segmenter`` first runs the same network on sparse probe slices (one
-sagittal slice every ``probe_mm``, at least ``min_probes``: about 1/8 of the slices of a 1 mm
+sagittal slice every ``probe_mm``, at least ``min_probes``: 1/11 of the slices of a 1 mm
 volume), post-processes that sparse stack (the same column check as a real answer: a cervical
 scan or a knee is "no lumbar spine" here too), and takes the box of what is left, plus a
 margin, as the region the full pass sees.
@@ -38,7 +38,10 @@ class RoiConfig:
     ``margin_mm``: added to the coarse box along (head-feet, front-back, left-right)."""
 
     enabled: bool = True
-    probe_mm: float = 8.0  # between probe slices (a lumbar body is ~45 mm wide)
+    # between probe slices (a lumbar body is ~45 mm wide): 12 mm, 7 probes of vb_chu2015/16's
+    # 77 slices, found the same in-plane box as 8 mm (10 probes) on the 13 val volumes,
+    # within 2 pixels, for 30% less probe time
+    probe_mm: float = 12.0
     min_probes: int = 3
     margin_mm: tuple[float, float, float] = (24.0, 24.0, 4.0)
     # the in-plane window is at least this many mm each way (where the image has them),
