@@ -58,7 +58,41 @@ def targets_section(doc: dict) -> list[str]:
     if t.get("openvino_vs_onnxruntime_fp32_batch1"):
         lines += [f"- OpenVINO FP32 vs ONNX Runtime FP32 per slice, batch 1: "
                   f"{_f(t['openvino_vs_onnxruntime_fp32_batch1'], 2)}x"]
+    f = t.get("fastest_within_half_point")
+    if f:
+        lines += [f"- Issue 28: the fastest CPU path within 0.5 Dice point of PyTorch FP32 "
+                  f"({_f(f['dice_delta_points'], 2, signed=True)} points) is {f['label']}, "
+                  f"batch {f['batch']}: {_f(f['volume_s'], 2)} s per volume, "
+                  f"{_f(f['speedup_vs_pytorch'], 2)}x PyTorch eager ({_f(f['pytorch_volume_s'], 2)}"
+                  f" s, batch {f['pytorch_batch']}) (target >= 5x)"]
     return lines
+
+
+def peer_section(doc: dict) -> list[str]:
+    """nnU-Net v2's predictor beside us (benchmarks/nnunet_peer.py): speed only."""
+    peers = doc.get("peers")
+    if not peers:
+        return []
+    lines = ["", "## Peer: nnU-Net v2 (speed only: untrained weights)", ""]
+    if peers.get("skipped"):
+        return lines + [f"Not measured: {peers['skipped']}"]
+    auto = next((x for x in doc["rows"] if x["status"] == "ok" and x["backend"] == "auto"),
+                None)
+    lines += [peers.get("note", ""), ""]
+    rows = []
+    for p in peers.get("runs", []):
+        if p.get("error"):
+            rows.append([p.get("configuration", "?"), "failed: " + p["error"][:120], "", "",
+                         "", ""])
+            continue
+        est = p["volume_s_estimated"]
+        ratio = f"{est / auto['volume_s']:.0f}x" if auto and auto.get("volume_s") else "-"
+        rows.append([p["configuration"], " x ".join(map(str, p["patch_size"])),
+                     f"{p['tiles']} x {p['forwards_per_tile']}", _f(p["forward_s_median"], 2),
+                     _f(est, 0), ratio])
+    return lines + _table(["nnU-Net configuration", "patch", "patches x passes (mirroring)",
+                           "s per forward pass", "s per volume (estimated)",
+                           "vs the default path"], rows)
 
 
 def _machine_section(doc: dict) -> list[str]:
@@ -219,7 +253,7 @@ def render_markdown(doc: dict) -> str:
              "method and caveats: docs/performance.md.", ""]
     rows = [x for x in doc["rows"] if x["status"] == "ok"]
     lines += _machine_section(doc) + _model_section(doc) + targets_section(doc)
-    lines += _latency_section(doc, rows) + _volume_section(doc, rows)
+    lines += _latency_section(doc, rows) + _volume_section(doc, rows) + peer_section(doc)
     lines += _roofline_section(doc) + _accuracy_section(doc) + _int8_line(doc)
     lines += _closing_sections(doc)
     return "\n".join(lines) + "\n"

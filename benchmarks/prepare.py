@@ -119,7 +119,7 @@ def _prepare_v01_form(args, st: S.Settings, ms, want: set[Triple],
 
 def _openvino_skips(want: set[Triple], skipped: dict[Triple, str]) -> None:
     ov_reason = _openvino_reason()
-    for p in ("fp32", "bf16", "int8"):
+    for p in ("fp32", "fp32roi", "bf16", "int8"):
         if ov_reason and ("openvino", p, "cpu") in want:
             skipped[("openvino", p, "cpu")] = ov_reason
     if not ov_reason and ("openvino", "bf16", "cpu") in want:
@@ -234,9 +234,14 @@ def _skip_reason_and_model(v: Variant, reason: str | None, gpu: _GpuSupport, ms,
             reason = "torch is not installed"
         elif p == "fp16" and d == "cpu":
             reason = "PyTorch FP16 on CPU is not benchmarked"
+    if reason is None and p == "fp32roi" and args.quick:
+        reason = ("quick mode: the quick reference volume's 224 x 224 mm field is segmented "
+                  "whole by the spine-first path (a window could not save enough), so this row "
+                  "would repeat OpenVINO FP32's; it is in the full run")
     if reason is None and b in ("onnxruntime", "tensorrt", "openvino", "auto"):
         model = {"fp32": ms.onnx, "fp16": ms.onnx_fp16, "int8": ms.onnx_int8,
-                 "bf16": ms.onnx, "auto": ms.onnx, "fp32v01": ms.onnx_v01}[p]
+                 "bf16": ms.onnx, "auto": ms.onnx, "fp32v01": ms.onnx_v01,
+                 "fp32roi": ms.onnx}[p]
         if model is None:
             reason = ("no FP16 model: pass --onnx-fp16 MODEL.onnx (`scar export --fp16`) or "
                       "--checkpoint to export one" if p == "fp16" else f"no {p} model")
@@ -260,6 +265,8 @@ def _worker_spec(v: Variant, args, st: S.Settings, ms, data, model, threads: int
         env = {"XDG_CACHE_HOME": str(workdir / "xdg-cache")}
     elif v.precision == "fp32v01":
         phases = ["latency"]
+    elif v.precision == "fp32roi":  # the same network: per volume and Dice only
+        phases = ["volume", "accuracy"]
     return {
         "variant": v.key, "backend": v.backend, "precision": v.precision, "device": v.device,
         "phases": phases, "env": env,
@@ -271,6 +278,9 @@ def _worker_spec(v: Variant, args, st: S.Settings, ms, data, model, threads: int
         "reps_batchn": st.reps_batchn, "min_reps": st.min_reps,
         "volume_reps": st.volume_reps, "budget_s": st.worker_budget_s,
         "postprocess": not args.no_postprocess, "latency_input": str(lat_path),
+        # spine-first (pipeline/roi.py) for scar infer's default path and its own row; the
+        # other rows keep the full field, comparable with earlier runs
+        "roi": v.backend == "auto" or v.precision == "fp32roi",
         "volume": {"case": data.volume_id, "image": str(data.volume_image)},
         "accuracy": {"index": str(data.index) if data.index else None,
                      "cases": [c.id for c in data.val_cases]},

@@ -77,6 +77,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-postprocess", action="store_true",
                    help="score the network without the 3D post-processing")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.add_argument("--peers", action=argparse.BooleanOptionalAction, default=None,
+                   help="the nnU-Net v2 peer row (benchmarks/nnunet_peer.py; default: in the "
+                   "full run only; skipped with the reason without scar-net[peers])")
     args = p.parse_args(argv)
     for name in ("threads", "size", "repeats", "volume_repeats", "max_cases", "calib_slices"):
         v = getattr(args, name)
@@ -85,6 +88,33 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.size is not None and args.size % 16:
         p.error("--size must be a multiple of 16 (the network's output stride)")
     return args
+
+
+def run_peers(image: Path, threads: int, quick: bool) -> dict:
+    """nnU-Net v2's predictor on the reference volume (benchmarks/nnunet_peer.py), each
+    configuration in its own process; skipped with the reason when nnunetv2 is not here."""
+    from benchmarks.nnunet_peer import NOTE, unavailable
+
+    why = unavailable()
+    if why:
+        _log(f"nnU-Net peer skipped: {why}")
+        return {"skipped": why}
+    runs = []
+    for conf in ("2d", "3d_fullres"):
+        _log(f"nnU-Net v2 {conf} (speed only, untrained) ...")
+        cmd = [sys.executable, "-m", "benchmarks.nnunet_peer", "--image", str(image),
+               "--configuration", conf, "--repeats", "1" if quick else "3",
+               "--threads", str(threads)]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+            last = (proc.stdout.strip().splitlines() or [""])[-1]
+            runs.append(json.loads(last) if proc.returncode == 0 else
+                        {"configuration": conf, "error": (proc.stderr.strip().splitlines()
+                                                          or ["?"])[-1]})
+        except (subprocess.TimeoutExpired, json.JSONDecodeError) as e:
+            runs.append({"configuration": conf, "error": f"{type(e).__name__}: {e}"[:300]})
+        _log(str(runs[-1])[:200])
+    return {"note": NOTE, "runs": runs}
 
 
 def run_worker(spec: dict, workdir: Path, timeout: float) -> dict:
@@ -135,6 +165,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench: error: {e}", file=sys.stderr)
         return 2
     doc = assemble(args, st, prep, results, created=created, t_start=t_start)
+    if args.peers if args.peers is not None else not args.quick:
+        doc["peers"] = run_peers(prep["data"].volume_image, threads, st.mode == "quick")
+        doc["duration_s"] = round(time.time() - t_start, 1)
     paths = write_outputs(doc, args.out_dir, plots=not args.no_plots)
     _log(f"done in {doc['duration_s']:.0f} s: " + ", ".join(str(p) for p in paths.values()))
     failed = sorted({r["label"] for r in doc["rows"] if r["status"] != "ok"})

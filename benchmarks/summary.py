@@ -116,6 +116,23 @@ def _ratio(a, b) -> float | None:
     return round(a / b, 2) if a and b else None
 
 
+def fastest_close_path(doc: dict) -> dict | None:
+    """Issue 28: the CPU row with the shortest time per volume whose mean Dice is within 0.5
+    point of the reference (PyTorch FP32), against PyTorch eager's best time per volume."""
+    ok = [x for x in doc["rows"] if x["status"] == "ok" and x["device"] == "cpu"
+          and x["volume_s"]]
+    torch_rows = [x for x in ok if (x["backend"], x["precision"]) == ("pytorch", "fp32")]
+    close = [x for x in ok if x["backend"] != "pytorch" and x["dice_delta_points"] is not None
+             and abs(x["dice_delta_points"]) <= 0.5]
+    if not torch_rows or not close:
+        return None
+    best, torch_best = (min(r, key=lambda x: x["volume_s"]) for r in (close, torch_rows))
+    return {"label": best["label"], "batch": best["batch"], "volume_s": best["volume_s"],
+            "dice_delta_points": best["dice_delta_points"],
+            "pytorch_volume_s": torch_best["volume_s"], "pytorch_batch": torch_best["batch"],
+            "speedup_vs_pytorch": _ratio(torch_best["volume_s"], best["volume_s"])}
+
+
 def targets(doc: dict) -> dict:
     """Issue 14's ratios and bounds, all from this run's rows (None where a row is missing)."""
     out: dict = {}
@@ -147,6 +164,9 @@ def targets(doc: dict) -> dict:
             if f32 and i8:
                 out[f"int8_speedup_{backend}_batch{b}"] = _ratio(f32["slice_ms_p50"],
                                                                  i8["slice_ms_p50"])
+    fast = fastest_close_path(doc)
+    if fast:
+        out["fastest_within_half_point"] = fast
     ov, ort_ = _row(doc, "openvino", "fp32", 1), _row(doc, "onnxruntime", "fp32", 1)
     if ov and ort_:
         out["openvino_vs_onnxruntime_fp32_batch1"] = _ratio(ort_["slice_ms_p50"],

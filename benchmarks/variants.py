@@ -31,8 +31,8 @@ class Variant:
 VARIANTS = (
     Variant("auto", "auto", "cpu", "Default path (scar infer, auto)",
             ("the default path, `scar infer` with no options: backend and precision picked by "
-             "`auto` (measured in the worker, fresh cache), default batch; end to end and peak "
-             "RSS only",)),
+             "`auto` (measured in the worker, fresh cache), default batch, spine-first (since "
+             "issue 28; the other rows segment the full field); end to end and peak RSS only",)),
     Variant("pytorch", "fp32", "cpu", "PyTorch eager FP32 (CPU)",
             ("PyTorch eager (torch.inference_mode), the exported module",)),
     Variant("onnxruntime", "fp32", "cpu", "ONNX Runtime FP32 (CPU)"),
@@ -47,6 +47,10 @@ VARIANTS = (
              "this row checks FP16 numerics, not FP16 speed",)),
     Variant("openvino", "fp32", "cpu", "OpenVINO FP32 (CPU)",
             ("OpenVINO on the same FP32 ONNX file",)),
+    Variant("openvino", "fp32roi", "cpu", "OpenVINO FP32, spine-first (CPU)",
+            ("the spine-first path (scar_runtime/pipeline/roi.py): probe slices find the "
+             "column's box and the network runs there only; per volume and Dice (its per-slice "
+             "latency is OpenVINO FP32's); on a field under ~230 mm it is the full field",)),
     Variant("openvino", "bf16", "cpu", "OpenVINO BF16 (CPU)",
             ("OpenVINO BF16 inference precision, measured here without a gate record (users "
              "need a passed one)",)),

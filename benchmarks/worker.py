@@ -225,7 +225,7 @@ def run(spec: dict) -> dict:
     res["description"] = runner.description
     res["rss_model_loaded_mb"] = rss_mb()
     seg = Segmenter(runner=runner, batch=max(spec["batches"]),
-                    use_postprocess=spec["postprocess"])
+                    use_postprocess=spec["postprocess"], roi=spec.get("roi", False))
     if "latency" in phases:
         x = np.load(spec["latency_input"])
         res["latency"] = measure_latency(runner, x, spec, budget)
