@@ -461,3 +461,18 @@ def test_far_fp_of_a_one_kind_reference_gives_the_other_kind_35_mm():
     pred[30:35] = body
     assert masked_case_far_share(pred, both > 0, both, sp) == \
         far_false_positive_share(pred, both > 0, sp) > 0
+
+
+def test_far_fp_class_margins_for_every_class_replace_the_default():
+    """``class_margins`` covering every class is that margin, not ``margin_mm``."""
+    from scar_runtime.evaluation.metrics import far_false_positive_share
+
+    disc, body = BY_NAME["L1/L2"].model_id, BY_NAME["L1"].model_id
+    ref = np.zeros((100, 10, 10), bool)
+    ref[0:5] = True
+    pred = np.zeros(ref.shape, np.uint8)
+    pred[30:35] = body  # 26-30 mm from the reference
+    every = {c: 40.0 for c in (body, disc)}
+    assert far_false_positive_share(pred, ref, (1, 1, 1), classes=(body, disc)) == 1.0
+    assert far_false_positive_share(pred, ref, (1, 1, 1), classes=(body, disc),
+                                    class_margins=every) == 0.0

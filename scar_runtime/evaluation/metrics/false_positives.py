@@ -46,8 +46,8 @@ def far_false_positive_share(pred: np.ndarray, reference: np.ndarray,
     box = ndimage.find_objects((predicted | reference).astype(np.uint8))[0]
     dist = ndimage.distance_transform_edt(~reference[box], sampling=tuple(spacing))
     margins = {c: (class_margins or {}).get(c, margin_mm) for c in classes}
-    if len(set(margins.values())) == 1:
-        return float((predicted[box] & (dist > margin_mm)).sum() / n)
+    if len(set(margins.values())) == 1:  # one margin for every class: one comparison
+        return float((predicted[box] & (dist > next(iter(margins.values())))).sum() / n)
     labels = np.asarray(pred)[box]
     far = sum(int(((labels == c) & (dist > m)).sum()) for c, m in margins.items())
     return float(far / n)
