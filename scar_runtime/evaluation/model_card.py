@@ -90,12 +90,12 @@ def evaluate_case(seg: Segmenter, case, tilt_deg: float = 0.0) -> dict:
 
 def evaluate_model(model: Path, index: Path, split: str = "val", batch: int = 1,
                    use_postprocess: bool = True, slice_smoothing: float | None = None,
-                   tilt_deg: float = 0.0) -> dict:
+                   tilt_deg: float = 0.0, roi: bool = True) -> dict:
     """Every case of ``split``, per data set: Dice (the structures a set labels), the
     far-false-positive share and the size-outlier ratio (whatever the set labels), levels all
     named right, key-point error (every annotated point: vertebral bodies and, where a set
     annotates them, discs). ``slice_smoothing``: that weight instead of the runtime's default
-    (for A/B runs)."""
+    (for A/B runs); ``roi``: False scores the full-field path (``scar infer --roi off``)."""
     cases = [c for c in read_index(index)
              if c.split == split and (c.seg is not None or not tilt_deg)]
     post = PostprocessConfig()
@@ -104,12 +104,12 @@ def evaluate_model(model: Path, index: Path, split: str = "val", batch: int = 1,
     per_set: dict[str, list[dict]] = {}
     t0 = time.time()
     with Segmenter(model, batch=batch, use_postprocess=use_postprocess,
-                   postprocess_config=post) as seg:
+                   postprocess_config=post, roi=roi) as seg:
         for case in cases:
             per_set.setdefault(case.dataset, []).append(evaluate_case(seg, case, tilt_deg))
     out = {"split": split, "model": str(model), "postprocess": use_postprocess,
            "slice_smoothing": post.slice_smoothing if use_postprocess else 0.0,
-           "tilt_deg": tilt_deg,
+           "tilt_deg": tilt_deg, "roi": roi,
            "wall_s": round(time.time() - t0, 1), "sets": {}}
     for name, rows in per_set.items():
         out["sets"][name] = _set_summary(rows)
@@ -205,11 +205,15 @@ def card(
     slice_smoothing: float | None = typer.Option(
         None, help="Neighbour weight of the slice smoothing (default: the runtime's)."),
     tilt: float = typer.Option(0.0, help="Score tilted copies of the masked cases (degrees)."),
+    roi: str = typer.Option("on", help="on: spine-first, as `scar infer` by default; off: the "
+                            "full field (`scar infer --roi off`)."),
 ) -> None:
     """Accuracy of an exported model on a split, per data set, as users get it."""
+    if roi not in ("on", "off"):
+        raise typer.BadParameter(f"--roi must be on or off, not {roi!r}")
     check_output_path(out, force=force, inputs=[model, data])
     doc = evaluate_model(model, data, split, use_postprocess=not no_postprocess,
-                         slice_smoothing=slice_smoothing, tilt_deg=tilt)
+                         slice_smoothing=slice_smoothing, tilt_deg=tilt, roi=roi == "on")
     atomic_write_text(out, json.dumps(doc, indent=1, default=str), force=force)
     print(facts_markdown(model_facts(model)))
     print(markdown(doc))

@@ -26,6 +26,7 @@ from scar_runtime import labels as L
 from scar_runtime.backends import Runner, create_runner
 from scar_runtime.core.errors import ConfigError, InvalidImageError
 from scar_runtime.io import Volume, labels_to_image, load_volume, volume_from_image
+from scar_runtime.pipeline.keypoint_slice import keypoint_slice
 from scar_runtime.pipeline.preprocess import intensity_stats, iter_slice_batches, slices_to_labels
 from scar_runtime.pipeline.roi import (
     RoiBox,
@@ -327,20 +328,22 @@ class Segmenter:
 
     @staticmethod
     def _keypoints(vol: Volume, grid, kp_net, kp_conf, origin=(0, 0, 0)):
-        """Each key-point is read on the sagittal slice where its heatmap peaks highest.
+        """Each key-point lies at the centre of the slices where its heatmap reaches half its
+        highest peak (keypoint_slice.py), its in-plane position read on the slice of that peak.
         ``origin``: the working-layout voxel of the network's first row, column and slice."""
         out, mm, conf = [], {}, {}
         to_src = np.linalg.inv(vol.source.affine)
         for k, name in enumerate(L.KEYPOINT_NAMES):
-            s = int(kp_conf[:, k].argmax())
+            centre, s = keypoint_slice(kp_conf[:, k])
             r, c = grid.to_input(kp_net[s, k])
-            work = np.array([r, c, s], dtype=np.float64) + origin
+            work = np.array([r, c, centre], dtype=np.float64) + origin
             world = apply_affine(vol.affine, work)
             src = apply_affine(to_src, world)
             confidence = float(np.clip(kp_conf[s, k], 0.0, 1.0))
             out.append(Keypoint(name=name, voxel=[round(float(v), 2) for v in src],
                                 world_mm=[round(float(v), 2) for v in world],
-                                confidence=round(confidence, 3), slice_index=s + origin[2]))
+                                confidence=round(confidence, 3),
+                                slice_index=int(round(work[2]))))
             mm[k] = work * np.array(vol.spacing)  # the frame postprocess() works in
             conf[k] = confidence
         return out, mm, conf
