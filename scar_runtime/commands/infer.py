@@ -33,6 +33,7 @@ from scar_runtime.folder_run.case import (
     run_case,
 )
 from scar_runtime.folder_run.manifest import is_manifest, manifest_cases
+from scar_runtime.folder_run.prefetch import prefetched
 from scar_runtime.folder_run.resume import ModelIdentity, resolve_model
 from scar_runtime.folder_run.table import table_paths, write_table
 from scar_runtime.io import Volume, load_volume, nifti_stem
@@ -267,10 +268,14 @@ def _run_local(cases, todo, settings, formats, segmenter, inputs, first, console
                       "{task.fields[case]}", TimeRemainingColumn(), console=console,
                       disable=len(cases) == 1 or not console.is_terminal) as progress:
             task = progress.add_task("cases", total=len(todo), case="")
-            for i in todo:
+            # a single case was read before the model was loaded; in a folder run each case
+            # is read while the one before it is segmented
+            ahead = (((i, first) for i in todo) if first is not None or len(todo) == 1
+                     else prefetched(todo, lambda i: cases[i].load()))
+            for i, volume in ahead:
                 progress.update(task, case=cases[i].name)
                 record(i, run_case(cases[i], seg, settings, formats[cases[i].name], inputs,
-                                   volume=first))
+                                   volume=volume))
                 progress.advance(task)
 
 

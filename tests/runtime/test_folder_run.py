@@ -191,3 +191,29 @@ def test_ray_missing_and_bad_addresses_are_one_line(tmp_path):
     # a bad model is refused before Ray starts, not by every actor dying on it
     assert_one_line_error(run_scar("infer", src, "-o", out, "--ray", "local", "--model", junk),
                           "not a loadable ONNX model")
+
+
+def test_prefetch_reads_the_next_case_while_this_one_is_worked_on():
+    import threading
+
+    from scar_runtime.folder_run.prefetch import prefetched
+
+    started = {k: threading.Event() for k in range(3)}
+    threads = set()
+
+    def load(k):
+        started[k].set()
+        threads.add(threading.current_thread().name)
+        if k == 1:
+            raise ValueError("an unreadable case")
+        return k * 10
+
+    seen = []
+    for item, value in prefetched(range(3), load):
+        if item + 1 < 3:  # the next read began before this item's work is done
+            assert started[item + 1].wait(10), f"case {item + 1} was not read ahead"
+        seen.append((item, value))
+    # in order; a read that raised gives None (the case reads itself and reports the error)
+    assert seen == [(0, 0), (1, None), (2, 20)]
+    assert threads and all(t.startswith("scar-prefetch") for t in threads)
+    assert list(prefetched([], load)) == []
