@@ -3,7 +3,7 @@
 The network costs the same for every pixel it sees, and a lumbar sagittal slice is mostly not
 spine (the reference mask of the bench volume, vb_chu2015/16, fills 247 x 69 x 58 of its
 381 x 381 x 77 voxels). So ``Segmenter`` first runs the same network on sparse probe slices (one
-sagittal slice every ``probe_mm``, at least ``min_probes``: 1/11 of the slices of a 1 mm
+sagittal slice every ``probe_mm``, at least ``min_probes``: 1/20 of the slices of a 1 mm
 volume), post-processes that sparse stack (the same column check as a real answer: a cervical
 scan or a knee is "no lumbar spine" here too), and takes the box of what is left, plus a
 margin, as the region the full pass sees.
@@ -51,10 +51,11 @@ class RoiConfig:
     ``margin_mm``: added to the coarse box along (head-feet, front-back, left-right)."""
 
     enabled: bool = True
-    # between probe slices (a lumbar body is ~45 mm wide): 12 mm, 7 probes of vb_chu2015/16's
-    # 77 slices, found the same in-plane box as 8 mm (10 probes) on the 13 val volumes,
-    # within 2 pixels, for 30% less probe time
-    probe_mm: float = 12.0
+    # between probe slices: under half a lumbar body's width (~40-50 mm), so every body is cut
+    # by at least one probe. 20 mm (3 probes of vb_chu2015/16's 77 slices) gave the val
+    # spine-first cases the same windows and Dice as 12 mm (7 probes) and 16 mm, within 0.14
+    # point on one case, in half the probe time (docs/performance.md)
+    probe_mm: float = 20.0
     min_probes: int = 3
     margin_mm: tuple[float, float, float] = (24.0, 24.0, 4.0)
     # the in-plane window is at least this many mm each way (where the image has them),

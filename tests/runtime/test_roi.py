@@ -149,7 +149,8 @@ def test_cli_roi_option_and_stats(tmp_path):
 
 def test_box_growth_and_probe_slices():
     cfg = R.RoiConfig()
-    assert R.probe_step(77, 1.0, cfg) == 12 and R.probe_step(13, 0.49, cfg) == 4
+    assert R.probe_step(77, 1.0, cfg) == 20 and R.probe_step(13, 0.49, cfg) == 4
+    assert list(R.probe_slices(77, 20)) == [18, 38, 58]  # vb_chu2015/16: the middle and +-20
     assert R.probe_step(2, 1.0, cfg) == 1
     assert list(R.probe_slices(77, 8)) == list(range(6, 77, 8)) and 38 in R.probe_slices(77, 8)
     box = R.grow_box(R.RoiBox((100, 150, 30), (200, 200, 40)), (381, 381, 77), (1, 1, 1), cfg,
