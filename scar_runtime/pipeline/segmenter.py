@@ -21,6 +21,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 from nibabel.affines import apply_affine
+from scipy import ndimage
 
 from scar_runtime import labels as L
 from scar_runtime.backends import Runner, create_runner
@@ -89,19 +90,23 @@ class SegmentationResult:
     def stats(self) -> dict:
         """Volume (mm^3), sagittal slices present and mean input intensity per structure."""
         voxel_mm3 = float(np.prod(self.volume.spacing))
+        # one pass over the volume for every structure's box, then each structure in its box
+        boxes = ndimage.find_objects(self.labels, max_label=max(L.BY_ID))
         out = {}
         for s in L.ALL_STRUCTURES:
-            m = self.labels == s.model_id
-            n = int(m.sum())
+            box = boxes[s.model_id - 1] if s.model_id <= len(boxes) else None
+            m = None if box is None else self.labels[box] == s.model_id
+            n = 0 if m is None else int(m.sum())
             if n == 0:
                 out[s.name] = {"present": False}
                 continue
-            slices = np.nonzero(m.any(axis=(0, 1)))[0]
+            slices = np.nonzero(m.any(axis=(0, 1)))[0] + box[2].start
             out[s.name] = {"present": True, "voxels": n, "volume_mm3": round(n * voxel_mm3, 1),
                            "sagittal_slices": [int(slices.min()), int(slices.max())],
                            "n_slices": int(len(slices)),
                            # float64: a float32 sum of huge (finite) intensities overflows
-                           "mean_intensity": float(self.volume.data[m].mean(dtype=np.float64))}
+                           "mean_intensity": float(
+                               self.volume.data[box][m].mean(dtype=np.float64))}
         return out
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy import ndimage
 
 from scar_runtime import labels as L
 
@@ -183,10 +184,11 @@ def keypoints_inside(final: np.ndarray, keypoints_vox: dict[int, np.ndarray],
         idx = tuple(int(round(v)) for v in p)
         if all(0 <= i < n for i, n in zip(idx, final.shape, strict=True)):
             inside_of[k] = int(final[idx])
+    boxes = ndimage.find_objects(final, max_label=L.NUM_KEYPOINTS)  # one pass for every class
     for k in range(L.NUM_KEYPOINTS):
         cid = k + 1
         p = keypoints_vox.get(k)
-        if inside_of.get(k) == cid or not (final == cid).any():
+        if inside_of.get(k) == cid or boxes[k] is None:
             if p is not None:
                 out[k] = p
             continue
@@ -196,7 +198,8 @@ def keypoints_inside(final: np.ndarray, keypoints_vox: dict[int, np.ndarray],
             moves.append(f"key-point {L.KEYPOINT_NAMES[k]} taken from the network's "
                          f"{L.KEYPOINT_NAMES[donors[0]]} point (inside {L.BY_ID[cid].name})")
             continue
-        vox = np.argwhere(final == cid)
+        box = boxes[k]
+        vox = np.argwhere(final[box] == cid) + [b.start for b in box]
         c = vox.mean(0)
         out[k] = vox[np.argmin((((vox - c) * spacing) ** 2).sum(1))].astype(float)
         moves.append(f"key-point {L.KEYPOINT_NAMES[k]} set to the centre of "
