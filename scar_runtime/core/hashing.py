@@ -10,10 +10,10 @@ from pathlib import Path
 
 def file_sha256(path: Path | str) -> str:
     """The file's SHA-256; a file hashed before in this process and not changed since (same
-    size and modification time) is not read again (`scar infer` names the model by its hash
+    inode, size and modification time) is not read again (`scar infer` names the model by its hash
     in the results and in the backend choice's key)."""
     st = os.stat(path)
-    key = (os.path.realpath(path), st.st_size, st.st_mtime_ns)
+    key = (os.path.realpath(path), st.st_ino, st.st_size, st.st_mtime_ns)
     if key not in _DIGESTS:
         h = hashlib.sha256()
         with open(path, "rb") as f:
@@ -23,4 +23,4 @@ def file_sha256(path: Path | str) -> str:
     return _DIGESTS[key]
 
 
-_DIGESTS: dict[tuple[str, int, int], str] = {}
+_DIGESTS: dict[tuple[str, int, int, int], str] = {}
