@@ -144,26 +144,20 @@ def normalise(volume: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
 
 
 def _resample(array: np.ndarray, scale: tuple[float, float], shape: tuple[int, int],
-              order: int, start: tuple[int, int] = (0, 0),
-              origin: tuple[int, int] = (0, 0)) -> np.ndarray:
+              order: int, start: tuple[int, int] = (0, 0)) -> np.ndarray:
     """Resample (rows, cols, ...) in-plane: output pixel j samples input (j + 0.5) * s - 0.5.
 
     ``start``: compute only the window of the full output grid that begins at pixel ``start``
-    (the pixels that are kept); zero is the plain, full resampling. ``origin``: ``array`` is
-    the part of the input that begins at this pixel (``_window_source``).
+    (the pixels that are kept); zero is the plain, full resampling.
     """
     sy, sx = scale
     # (a spacing read from a rotated affine is 1 only to rounding: the same grid)
-    if np.allclose((sy, sx), 1.0, rtol=0.0, atol=1e-9):
-        if start == origin and tuple(array.shape[:2]) == tuple(shape):
-            return array
-        (r0, c0), (h, w) = np.subtract(start, origin), shape
-        if r0 >= 0 and c0 >= 0 and r0 + h <= array.shape[0] and c0 + w <= array.shape[1]:
-            return array[r0:r0 + h, c0:c0 + w]  # a window of the image: the same samples
+    if (np.allclose((sy, sx), 1.0, rtol=0.0, atol=1e-9) and start == (0, 0)
+            and tuple(array.shape[:2]) == tuple(shape)):
+        return array
     extra = array.ndim - 2
     matrix = np.array([sy, sx] + [1.0] * extra)
-    offset = np.array([(start[0] + 0.5) * sy - 0.5 - origin[0],
-                       (start[1] + 0.5) * sx - 0.5 - origin[1]] + [0.0] * extra)
+    offset = np.array([(start[0] + 0.5) * sy - 0.5, (start[1] + 0.5) * sx - 0.5] + [0.0] * extra)
     # 'nearest' extends the edge pixels, so the border is not blended with a padding value.
     return ndimage.affine_transform(array, matrix, offset=offset,
                                     output_shape=tuple(shape) + tuple(array.shape[2:]),
@@ -183,19 +177,6 @@ def _kept_window(grid: SliceGrid) -> tuple[tuple[int, int], tuple[int, int]] | N
     if start == (0, 0) and stop == tuple(grid.resampled_shape):
         return None
     return start, tuple(max(0, b - a) for a, b in zip(start, stop, strict=True))  # type: ignore
-
-
-def _window_source(grid: SliceGrid, start: tuple[int, int],
-                   size: tuple[int, int]) -> tuple[slice, slice]:
-    """The input rows and columns that the resampled pixels ``start`` .. ``start + size``
-    sample (linear interpolation reads the pixel on each side; one more for rounding), so that
-    only they are normalised. Where the window reaches the image's edge, so does the part."""
-    out = []
-    for st, n, s, limit in zip(start, size, grid.scale, grid.in_shape, strict=True):
-        lo = int(np.floor((st + 0.5) * s - 0.5)) - 1
-        hi = int(np.ceil((st + n - 0.5) * s - 0.5)) + 2
-        out.append(slice(max(0, lo), min(limit, hi)))
-    return out[0], out[1]
 
 
 def _shift_copy(src: np.ndarray, offset: tuple[int, int], shape: tuple[int, int],
@@ -247,7 +228,7 @@ def context_indices(slices: np.ndarray, k: int, n: int) -> np.ndarray:
 def iter_slice_batches(volume: np.ndarray, in_spacing: tuple[float, float],
                        cfg: PreprocessConfig, batch: int,
                        intensity: tuple[float, float, float, float] | None = None,
-                       only: np.ndarray | None = None, grid: SliceGrid | None = None):
+                       only: np.ndarray | None = None):
     """Like :func:`image_to_slices`, one batch of slices at a time, so peak memory does not grow
     with the number of slices: yields ``(first_slice_index, (B, C, H, W) float32)``.
 
@@ -258,9 +239,6 @@ def iter_slice_batches(volume: np.ndarray, in_spacing: tuple[float, float],
     of an image, whose filled corners would otherwise shift the statistics).
     ``only``: these slice indices (ascending) instead of every slice; the yielded index is then
     the position in ``only`` (the coarse first pass of pipeline/roi.py).
-    ``grid``: the network grid to cut the slices to instead of :func:`plan_grid`'s (a window of
-    the full field's grid, pipeline/roi.py's ``window_grid``); its ``in_shape`` must be the
-    volume's.
 
     Each slice is normalised and resampled once: a batch's context slices that the previous
     batch already resampled are taken from it (at batch 1 with k = 1 every slice was resampled
@@ -270,11 +248,7 @@ def iter_slice_batches(volume: np.ndarray, in_spacing: tuple[float, float],
         raise InvalidImageError(f"expected a 3D volume, got shape {volume.shape}")
     if batch < 1:
         raise ValueError("batch must be >= 1")
-    given = grid is not None
-    if grid is None:
-        grid = plan_grid(volume.shape[:2], in_spacing, cfg)
-    elif tuple(grid.in_shape) != tuple(volume.shape[:2]):
-        raise ValueError(f"grid for slices of {grid.in_shape}, volume slices {volume.shape[:2]}")
+    grid = plan_grid(volume.shape[:2], in_spacing, cfg)
     lo, hi, mean, std = intensity or intensity_stats(volume, cfg)
     # Pad with the darkest normalised value (what air looks like after clipping), not 0, which
     # after z-scoring is mid-grey tissue.
@@ -284,22 +258,15 @@ def iter_slice_batches(volume: np.ndarray, in_spacing: tuple[float, float],
 
     order = np.arange(n) if only is None else np.asarray(only, dtype=np.int64)
 
-    # a given window (roi.py) normalises only the input pixels it samples; the full field's own
-    # crop of a large field keeps its arithmetic as it always was (--roi off is unchanged)
-    rows, cols = (_window_source(grid, *window) if window is not None and given
-                  else (slice(None), slice(None)))
-
     def resampled(idx: list[int]) -> np.ndarray:
-        part = np.clip(volume[rows, cols, idx[0]:idx[-1] + 1]
-                       if idx == list(range(idx[0], idx[-1] + 1))
-                       else volume[rows, cols][:, :, idx], lo, hi).astype(np.float32)
+        part = np.clip(volume[:, :, idx[0]:idx[-1] + 1] if idx == list(range(idx[0], idx[-1] + 1))
+                       else volume[:, :, idx], lo, hi).astype(np.float32)
         part = (part - np.float32(mean)) / np.float32(std)
         if window is None:
             res = _resample(part, grid.scale, grid.resampled_shape, order=1)
             return _shift_copy(res, grid.offset, grid.out_shape, float(background))
         (r0, c0), size = window  # crop first: resample only the pixels the network grid keeps
-        res = _resample(part, grid.scale, size, order=1, start=(r0, c0),
-                        origin=(rows.start, cols.start))
+        res = _resample(part, grid.scale, size, order=1, start=(r0, c0))
         return _shift_copy(res, (grid.offset[0] + r0, grid.offset[1] + c0), grid.out_shape,
                            float(background))
 

@@ -3,7 +3,7 @@
 The network costs the same for every pixel it sees, and a lumbar sagittal slice is mostly not
 spine (the reference mask of the bench volume, vb_chu2015/16, fills 247 x 69 x 58 of its
 381 x 381 x 77 voxels). So ``Segmenter`` first runs the same network on sparse probe slices (one
-sagittal slice every ``probe_mm``, at least ``min_probes``: 1/20 of the slices of a 1 mm
+sagittal slice every ``probe_mm``, at least ``min_probes``: 1/11 of the slices of a 1 mm
 volume), post-processes that sparse stack (the same column check as a real answer: a cervical
 scan or a knee is "no lumbar spine" here too), and takes the box of what is left, plus a
 margin, as the region the full pass sees.
@@ -13,12 +13,8 @@ slice; measured on the 13 val volumes) the network, trained at 1 mm, saw vertebr
 be lumbar ones and found the column in 3 (2 mm) of 13 volumes, and at 1.5 mm missed up to half
 of the column's height (vb_myosegmentum/01: rows 107-206 of the reference's 34-205).
 
-The pass inside the box sees a window of the full field's own network grid (``window_grid``):
-the same network pixels the full field would give it, the window's edges on the full field's
-16-pixel tiles, so each stride-16 feature of the window samples the image where the full field's
-does (a box placed anywhere else shifted that phase, and a shift of one pixel alone moved a
-case's body Dice by up to 2 points), and the slices' 2.5D neighbours are the real ones, also at
-the box's first and last slice.
+The box is grown to whole network tiles (multiples of ``size_multiple`` network pixels) inside
+the image, so the network's padding is image, not a made-up border, wherever the image has it.
 The full field is used instead (and the reason recorded) when the probes find no column,
 fewer than ``min_structures`` structures, or when the box would cover most of the field anyway;
 ``Segmenter`` also goes back to the full field when the pass inside the box finds no lumbar spine
@@ -32,17 +28,8 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from scar_runtime.pipeline.preprocess import (
-    PreprocessConfig,
-    SliceGrid,
-    iter_slice_batches,
-    plan_grid,
-    slices_to_labels,
-)
+from scar_runtime.pipeline.preprocess import PreprocessConfig, iter_slice_batches, plan_grid
 from scar_runtime.postprocess import PostprocessConfig, postprocess
-
-# no cap on the network grid's size (window_grid applies max_size to the window itself)
-UNCAPPED = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -51,11 +38,11 @@ class RoiConfig:
     ``margin_mm``: added to the coarse box along (head-feet, front-back, left-right)."""
 
     enabled: bool = True
-    # between probe slices: under half a lumbar body's width (~40-50 mm), so every body is cut
-    # by at least one probe. 20 mm (3 probes of vb_chu2015/16's 77 slices) gave the val
-    # spine-first cases the same windows and Dice as 12 mm (7 probes) and 16 mm, within 0.14
-    # point on one case, in half the probe time (docs/performance.md)
-    probe_mm: float = 20.0
+    # between probe slices (a lumbar body is ~45 mm wide): 12 mm, 7 probes of vb_chu2015/16's
+    # 77 slices, found the same in-plane box as 8 mm (10 probes) on the 13 val volumes,
+    # within 2 pixels, for 30% less probe time (20 mm measured well only with the window on
+    # the full grid, which is not shipped: docs/performance.md)
+    probe_mm: float = 12.0
     min_probes: int = 3
     margin_mm: tuple[float, float, float] = (24.0, 24.0, 4.0)
     # the in-plane window is at least this many mm each way (where the image has them),
@@ -108,7 +95,6 @@ class RoiDecision:
     path: str = "full-field"  # "spine-first" or "full-field"
     reason: str = ""
     box: RoiBox | None = None
-    grid: SliceGrid | None = None  # the window of the full field's network grid (window_grid)
     coarse_box: RoiBox | None = None
     coarse_s: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)
@@ -166,9 +152,11 @@ def coarse_pass(runner, data: np.ndarray, spacing, intensity, pre: PreprocessCon
     return RoiBox(start, stop), "", step
 
 
-def grow_box(box: RoiBox, shape, spacing, cfg: RoiConfig, step: int) -> RoiBox:
+def grow_box(box: RoiBox, shape, spacing, cfg: RoiConfig, pre: PreprocessConfig,
+             step: int) -> RoiBox:
     """The probes' box plus the margin (and the slices up to the next probe that held
-    nothing), at least ``min_window_mm`` in-plane where the image has room, clipped to it."""
+    nothing), clipped to the image, its in-plane size grown to whole network tiles where the
+    image has room."""
     sp = np.asarray(spacing, dtype=np.float64)
     extra = np.array(cfg.margin_mm) / sp
     extra[2] += step - 1  # the slices between the last probe that holds one and the next
@@ -184,41 +172,16 @@ def grow_box(box: RoiBox, shape, spacing, cfg: RoiConfig, step: int) -> RoiBox:
             if stop[ax] > shape[ax]:
                 start[ax] -= stop[ax] - shape[ax]
     start, stop = np.maximum(start, 0), np.minimum(stop, shape)
+    for ax in range(2):  # whole tiles: as many input pixels as the network's padded size needs
+        n = stop[ax] - start[ax]
+        want = plan_grid((n, n), (sp[ax], sp[ax]), pre).out_shape[0]
+        need = min(shape[ax], int(np.ceil(want * pre.spacing_mm / sp[ax] - 1e-6)))
+        while stop[ax] - start[ax] < need:
+            if start[ax] > 0 and (stop[ax] >= shape[ax] or (stop[ax] - start[ax]) % 2):
+                start[ax] -= 1
+            else:
+                stop[ax] += 1
     return RoiBox(tuple(int(v) for v in start), tuple(int(v) for v in stop))
-
-
-def field_grid(shape, spacing, pre: PreprocessConfig) -> SliceGrid:
-    """The full field's network grid without the ``max_size`` cap (the same grid as the full
-    field's wherever the field fits the cap), which ``window_grid`` cuts windows from."""
-    return plan_grid(tuple(shape[:2]), tuple(spacing[:2]), replace(pre, max_size=UNCAPPED))
-
-
-def window_grid(full: SliceGrid, box: RoiBox, tile: int,
-                max_size: int) -> tuple[SliceGrid, RoiBox]:
-    """The window of the full field's network grid ``full`` (``field_grid``) about ``box``
-    in-plane, its edges on multiples of ``tile`` network pixels (the full grid's own tiles), at
-    most ``max_size`` pixels each way, as a grid of its own; and the box of input pixels it
-    labels (slices: ``box``'s). The window's pixels are the full field's: same resampling, same
-    padding, same stride phase."""
-    edges = np.array([[box.start[0], box.start[1]], [box.stop[0], box.stop[1]]], float) - 0.5
-    lo, hi = full.to_network(edges[0]) + 0.5, full.to_network(edges[1]) + 0.5
-    out = np.array(full.out_shape)
-    # whole tiles, at most max_size (then, as the full field does, the central pixels), placed
-    # on the tiles nearest the box's centre: the box's own size rounded up, so the window
-    # costs what a box on its own grid would; the margin may lose up to half a tile a side
-    size = np.minimum(np.minimum(np.ceil((hi - lo) / tile - 1e-9).astype(int) * tile, out),
-                      max_size)
-    a = np.clip(np.round((lo + hi - size) / 2 / tile).astype(int) * tile, 0, out - size)
-    b = a + size
-    grid = replace(full, offset=tuple(int(v) for v in np.array(full.offset) - a),
-                   out_shape=tuple(int(v) for v in b - a))
-    # the input pixels whose label comes from the window (nearest neighbour, as
-    # slices_to_labels looks them up)
-    covered = slices_to_labels(np.ones((1,) + grid.out_shape, np.uint8), grid)[:, :, 0]
-    rows, cols = np.flatnonzero(covered.any(axis=1)), np.flatnonzero(covered.any(axis=0))
-    inside = RoiBox((int(rows[0]), int(cols[0]), box.start[2]),
-                    (int(rows[-1]) + 1, int(cols[-1]) + 1, box.stop[2]))
-    return grid, inside
 
 
 def window_share(shape, spacing, cfg: RoiConfig) -> float:

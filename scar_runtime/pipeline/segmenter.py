@@ -28,21 +28,16 @@ from scar_runtime.backends import Runner, create_runner
 from scar_runtime.core.errors import ConfigError, InvalidImageError
 from scar_runtime.io import Volume, labels_to_image, load_volume, volume_from_image
 from scar_runtime.pipeline.keypoint_slice import keypoint_slice
-from scar_runtime.pipeline.preprocess import (
-    intensity_stats,
-    iter_slice_batches,
-    slices_to_labels,
-)
+from scar_runtime.pipeline.preprocess import intensity_stats, iter_slice_batches, slices_to_labels
 from scar_runtime.pipeline.roi import (
+    RoiBox,
     RoiConfig,
     RoiDecision,
     coarse_pass,
-    field_grid,
     grow_box,
     probe_slices,
     probe_step,
     touches_inner_edge,
-    window_grid,
     window_share,
 )
 from scar_runtime.pipeline.straighten import InplaneRotation, column_axis_deg
@@ -164,7 +159,7 @@ class Segmenter:
         intensity = intensity_stats(vol.data, cfg)
         t["preprocess_s"] += time.perf_counter() - clock
         decision = self._find_box(vol, intensity, t)
-        labels, keypoints, report, bare = self._pass(vol, intensity, t, decision)
+        labels, keypoints, report, bare = self._pass(vol, intensity, t, box=decision.box)
         if decision.box is not None:
             edge = (touches_inner_edge(labels, decision.box, vol.shape, vol.spacing,
                                        self.roi.edge_mm) if report.lumbar_spine_found else "")
@@ -172,7 +167,7 @@ class Segmenter:
                 decision.reason = ("in the box: " + (f"a structure at its {edge} edge" if edge
                                    else report.reason or "no lumbar spine")
                                    + "; the full field segmented instead")
-                decision.path, decision.box, decision.grid = "full-field", None, None
+                decision.path, decision.box = "full-field", None
                 labels, keypoints, report, bare = self._pass(vol, intensity, t)
         if self.use_postprocess and self.post_cfg.straighten_passes > 0:
             labels, keypoints, report = self._straightened(vol, intensity, t, bare,
@@ -188,8 +183,6 @@ class Segmenter:
             return RoiDecision(reason="--roi off")
         if not self.use_postprocess:
             return RoiDecision(reason="bare network (no post-processing): full field")
-        if self.metadata.preprocess.fixed_size is not None:
-            return RoiDecision(reason="the model takes one slice size only: full field")
         best = window_share(vol.shape, vol.spacing, self.roi)
         probes = len(probe_slices(vol.shape[2], probe_step(vol.shape[2], vol.spacing[2],
                                                            self.roi))) / vol.shape[2]
@@ -202,33 +195,29 @@ class Segmenter:
                                        self.metadata.preprocess, self.roi, self.post_cfg)
         decision = RoiDecision(reason=why, coarse_box=found)
         if found is not None:
-            pre = self.metadata.preprocess
-            grid, box = window_grid(field_grid(vol.shape, vol.spacing, pre),
-                                    grow_box(found, vol.shape, vol.spacing, self.roi, step),
-                                    pre.size_multiple, pre.max_size)
+            box = grow_box(found, vol.shape, vol.spacing, self.roi, self.metadata.preprocess,
+                           step)
             if box.share(vol.shape) > self.roi.max_share:
                 decision.reason = (f"the box holds {box.share(vol.shape):.0%} of the field: "
                                    "full field")
             else:
-                decision.path, decision.box, decision.grid = "spine-first", box, grid
+                decision.path, decision.box = "spine-first", box
         decision.coarse_s = time.perf_counter() - clock
         t["roi_s"] = t.get("roi_s", 0.0) + decision.coarse_s
         return decision
 
-    def _pass(self, vol: Volume, intensity, t: dict[str, float],
-              roi: RoiDecision | None = None, in_view=None):
-        """The network over every slice (``roi`` with a box: over its window of the full
-        field's network grid and its slices only), then post-processing on the whole grid:
-        ``(labels, key-points, report, the network's own labels)``; stage times are added
-        to ``t``."""
+    def _pass(self, vol: Volume, intensity, t: dict[str, float], in_view=None,
+              box: RoiBox | None = None):
+        """The network over every slice (``box``: over that part of the volume only), then
+        post-processing on the whole grid: ``(labels, key-points, report, the network's own
+        labels)``; stage times are added to ``t``."""
         cfg = self.metadata.preprocess
         clock = time.perf_counter()
-        box = None if roi is None else roi.box
-        s0, n = (0, vol.shape[2]) if box is None else (box.start[2], box.shape[2])
-        grid, batches = iter_slice_batches(
-            vol.data, vol.inplane_spacing, cfg, self.batch, intensity=intensity,
-            only=None if box is None else np.arange(s0, s0 + n),
-            grid=None if box is None else roi.grid)
+        data = vol.data if box is None else vol.data[box.slices]
+        origin = (0, 0, 0) if box is None else box.start
+        grid, batches = iter_slice_batches(data, vol.inplane_spacing, cfg, self.batch,
+                                           intensity=intensity)
+        n = data.shape[2]
         pred = np.zeros((n,) + tuple(grid.out_shape), np.uint8)
         kp_net = np.zeros((n, L.NUM_KEYPOINTS, 2), np.float32)
         kp_conf = np.zeros((n, L.NUM_KEYPOINTS), np.float32)
@@ -249,11 +238,11 @@ class Segmenter:
             clock = time.perf_counter()
         t["preprocess_s"] += time.perf_counter() - clock  # the generator's final step
         clock = time.perf_counter()
-        bare = slices_to_labels(pred, grid)  # the whole in-plane grid, the pass's slices
+        bare = slices_to_labels(pred, grid)
         if box is not None:
             inside, bare = bare, np.zeros(vol.shape, np.uint8)
-            bare[:, :, s0:s0 + n] = inside
-        keypoints, kp_mm, conf = self._keypoints(vol, grid, kp_net, kp_conf, (0, 0, s0))
+            bare[box.slices] = inside
+        keypoints, kp_mm, conf = self._keypoints(vol, grid, kp_net, kp_conf, origin)
         labels, report = bare, PostprocessReport()
         if self.use_postprocess:
             labels, report = postprocess(bare, vol.spacing, kp_mm, conf, self.post_cfg,
@@ -346,8 +335,7 @@ class Segmenter:
     def _keypoints(vol: Volume, grid, kp_net, kp_conf, origin=(0, 0, 0)):
         """Each key-point lies at the centre of the slices where its heatmap reaches half its
         highest peak (keypoint_slice.py), its in-plane position read on the slice of that peak.
-        ``origin``: added to the working-layout voxel (the pass's first slice; the grid maps
-        rows and columns)."""
+        ``origin``: the working-layout voxel of the network's first row, column and slice."""
         out, mm, conf = [], {}, {}
         to_src = np.linalg.inv(vol.source.affine)
         for k, name in enumerate(L.KEYPOINT_NAMES):

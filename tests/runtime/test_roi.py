@@ -148,61 +148,26 @@ def test_cli_roi_option_and_stats(tmp_path):
 
 
 def test_box_growth_and_probe_slices():
-    cfg = R.RoiConfig()
-    assert R.probe_step(77, 1.0, cfg) == 20 and R.probe_step(13, 0.49, cfg) == 4
-    assert list(R.probe_slices(77, 20)) == [18, 38, 58]  # vb_chu2015/16: the middle and +-20
+    from scar_runtime.pipeline.preprocess import PreprocessConfig
+
+    cfg, net = R.RoiConfig(), PreprocessConfig(context_slices=1)
+    assert R.probe_step(77, 1.0, cfg) == 12 and R.probe_step(13, 0.49, cfg) == 4
     assert R.probe_step(2, 1.0, cfg) == 1
     assert list(R.probe_slices(77, 8)) == list(range(6, 77, 8)) and 38 in R.probe_slices(77, 8)
     box = R.grow_box(R.RoiBox((100, 150, 30), (200, 200, 40)), (381, 381, 77), (1, 1, 1), cfg,
-                     8)
+                     net, 8)
     (r0, r1), (c0, c1), (s0, s1) = box.to_list()
-    assert r0 <= 100 - 24 and r1 >= 200 + 24 and c0 <= 150 - 24 and c1 >= 200 + 24
+    assert r0 <= 100 - 24 and r1 >= 200 + 24 and (r1 - r0) % 16 == 0
+    assert c0 <= 150 - 24 and c1 >= 200 + 24 and (c1 - c0) % 16 == 0
     assert min(r1 - r0, c1 - c0) >= cfg.min_window_mm  # never narrower than a training crop
     assert s0 == 30 - 4 - 7 and s1 == 40 + 4 + 7
     # at the image's edge: clipped, the window shifted inwards, never outside the image
-    edge = R.grow_box(R.RoiBox((0, 0, 0), (30, 30, 5)), (300, 100, 10), (1, 1, 1), cfg, 2)
+    edge = R.grow_box(R.RoiBox((0, 0, 0), (30, 30, 5)), (300, 100, 10), (1, 1, 1), cfg, net, 2)
     assert edge.start == (0, 0, 0) and edge.stop[0] == 192 and edge.stop[1] == 100
     assert edge.stop[2] == 5 + 4 + 1
     narrow = R.grow_box(R.RoiBox((100, 150, 30), (200, 200, 40)), (381, 381, 77), (1, 1, 1),
-                        R.RoiConfig(min_window_mm=0), 8)
-    assert narrow.shape[1] == 98
-
-
-@pytest.mark.parametrize("shape, spacing", [((381, 381), (1.0, 1.0)), ((300, 260), (0.7, 0.9)),
-                                            ((700, 700), (1.0, 1.0))])
-def test_window_is_the_full_fields_own_network_pixels(shape, spacing):
-    """The box pass sees the full field's network input, cut on its 16-pixel tiles: the same
-    values pixel for pixel, and every input pixel of the box labelled from the window."""
-    from scar_runtime.pipeline.preprocess import PreprocessConfig, iter_slice_batches, plan_grid
-
-    pre = PreprocessConfig(context_slices=1)
-    rng = np.random.default_rng(0)
-    data = rng.normal(100, 20, shape + (9,)).astype(np.float32)
-    full = R.field_grid(shape, spacing, pre)
-    box = R.RoiBox((37, 51, 2), (37 + 150, 51 + 120, 7))
-    grid, inside = R.window_grid(full, box, pre.size_multiple, pre.max_size)
-    a = np.array(full.offset) - np.array(grid.offset)  # the window's corner on the full grid
-    assert (a % 16 == 0).all() and all(n % 16 == 0 or a[i] + n == full.out_shape[i]
-                                       for i, n in enumerate(grid.out_shape))
-    assert inside.start[0] <= 37 and inside.stop[0] >= 187 and inside.start[1] <= 51
-    assert inside.stop[1] >= 171 and (inside.start[2], inside.stop[2]) == (2, 7)
-    stats = (float(data.min()), float(data.max()), 100.0, 20.0)
-    # the full field without the 512-pixel cap (the same grid where the field fits it)
-    assert full == plan_grid(shape, spacing, pre) or max(full.out_shape) > pre.max_size
-    _, whole = iter_slice_batches(data, spacing, pre, 9, intensity=stats, grid=full)
-    _, part = iter_slice_batches(data, spacing, pre, 9, intensity=stats, only=np.arange(2, 7),
-                                 grid=grid)
-    (_, x_full), (_, x_win) = next(whole), next(part)
-    h, w = grid.out_shape
-    # the same pixels, the real 2.5D neighbours at the box's first and last slice too
-    # (to float rounding: the window's resampling offsets are computed from its own corner)
-    np.testing.assert_allclose(x_win, x_full[2:7, :, a[0]:a[0] + h, a[1]:a[1] + w], rtol=0,
-                               atol=1e-5)
-    # a box larger than max_size: the central max_size pixels, on the tiles
-    tall, _ = R.window_grid(full, R.RoiBox((0, 0, 0), shape + (9,)), 16, 96)
-    assert max(tall.out_shape) == 96 and ((np.array(full.offset) - tall.offset) % 16 == 0).all()
-    with pytest.raises(ValueError):
-        next(iter_slice_batches(data[:10], spacing, pre, 1, grid=grid)[1])
+                        R.RoiConfig(min_window_mm=0), net, 8)
+    assert narrow.shape[1] == 112  # 98 pixels: 7 tiles of 16
 
 
 def test_keypoint_slice_is_the_centre_of_the_half_maximum_run():
