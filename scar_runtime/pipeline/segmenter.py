@@ -89,12 +89,12 @@ class SegmentationResult:
         boxes = ndimage.find_objects(self.labels, max_label=max(L.BY_ID))
         out = {}
         for s in L.ALL_STRUCTURES:
-            box = boxes[s.model_id - 1] if s.model_id <= len(boxes) else None
-            m = None if box is None else self.labels[box] == s.model_id
-            n = 0 if m is None else int(m.sum())
-            if n == 0:
+            box = boxes[s.model_id - 1]
+            if box is None:
                 out[s.name] = {"present": False}
                 continue
+            m = self.labels[box] == s.model_id
+            n = int(m.sum())
             slices = np.nonzero(m.any(axis=(0, 1)))[0] + box[2].start
             out[s.name] = {"present": True, "voxels": n, "volume_mm3": round(n * voxel_mm3, 1),
                            "sagittal_slices": [int(slices.min()), int(slices.max())],
